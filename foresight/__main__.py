@@ -1,0 +1,94 @@
+"""Command line: `python -m foresight predict IMAGE ...` and `python -m foresight bench ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from foresight.config import PRESETS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m foresight", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="think about one image and render what happens next")
+    predict.add_argument("image")
+    predict.add_argument("--prompt", default="", help="an optional question about the image")
+    predict.add_argument("--preset", choices=list(PRESETS), default="default")
+    predict.add_argument("--mode", choices=["fused", "text"], default=None,
+                         help="conditioning mode (default: fused when bridge weights are present, else text)")
+    predict.add_argument("--seed", type=int, default=None)
+    predict.add_argument("--profile", choices=["tiny", "full", "random-full"], default=None,
+                         help="default: full on a CUDA GPU, tiny elsewhere")
+    predict.add_argument("--models-dir", default=None, help="local folders named like the hub ids")
+    predict.add_argument("--out", default="outputs", help="folder for the mp4")
+    predict.add_argument("--events", default=None, help="write every event as JSON lines (frame data omitted)")
+
+    bench = commands.add_parser("bench", help="time the user's timeline end to end")
+    bench.add_argument("--profile", choices=["tiny", "random-full"], default="tiny")
+    bench.add_argument("--preset", choices=list(PRESETS), action="append", default=None)
+    bench.add_argument("--mode", choices=["fused", "text"], default=None)
+    bench.add_argument("--runs", type=int, default=5)
+    bench.add_argument("--json", default=None, help="write the results here as JSON")
+
+    args = parser.parse_args(argv)
+    if args.command == "predict":
+        return predict_command(args)
+    from foresight.bench import bench_command
+
+    return bench_command(args)
+
+
+def predict_command(args) -> int:
+    from foresight.events import for_log
+    from foresight.inputs import InputError, load_image
+
+    try:  # refuse a bad image before loading any model
+        load_image(args.image)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from foresight.config import make_settings
+    from foresight.models import load_models
+    from foresight.pipeline import ForesightPipeline
+
+    settings = make_settings(args.profile, models_dir=args.models_dir)
+    if settings.profile == "tiny":
+        print("[foresight] tiny profile: random weights, the outputs are noise. "
+              "On a CUDA machine run with --profile full for the real models.", file=sys.stderr)
+    pipe = ForesightPipeline(load_models(settings, log=lambda m: print(m, file=sys.stderr)))
+    log = open(args.events, "w") if args.events else None
+    status = 0
+    try:
+        for ev in pipe(args.image, prompt=args.prompt, preset=args.preset, mode=args.mode, seed=args.seed,
+                       out_dir=args.out):
+            if log:
+                log.write(json.dumps(for_log(ev)) + "\n")
+                log.flush()
+            if ev["type"] == "text_chunk":
+                print(ev["content"], end="", flush=True)
+            elif ev["type"] == "error":
+                print(f"\nerror ({ev['stage']}): {ev['message']}", file=sys.stderr)
+                status = 1
+            elif ev["type"] == "thinking_complete":
+                print()
+                if ev["video_url"]:
+                    print(f"video: {Path(ev['video_url'])}", file=sys.stderr)
+                print(f"mode {ev['mode']}, seed {ev['seed']}; first token {_secs(ev['ttft'])}, "
+                      f"first frame {_secs(ev['first_frame'])}, video ready {_secs(ev['video_ready'])}",
+                      file=sys.stderr)
+    finally:
+        if log:
+            log.close()
+    return status
+
+
+def _secs(value) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

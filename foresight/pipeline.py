@@ -1,0 +1,223 @@
+"""ForesightPipeline: one image in, a stream of protocol events out (text and video, in parallel).
+
+    pipe = ForesightPipeline(load_models(make_settings("tiny")))
+    for ev in pipe("cat.jpg", prompt="What will the cat do?", preset="fast"):
+        ...
+
+Two worker threads feed one queue: the thinker (Qwen prefill, then streamed decode) and the
+renderer (bridge or T5 conditioning, LTX steps with previews, frames, mp4). The renderer starts
+once the prefill has produced the first token, so the first token never waits for the video.
+The generator yields the queue's events as they come; closing it (Stop, a dropped client) stops
+both workers at their next token or denoising step.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from foresight import video as video_stage
+from foresight import vlm as vlm_stage
+from foresight.config import PRESETS, SMALLER_PRESET
+from foresight.events import event, jpeg_base64
+from foresight.inputs import InputError, fit_to_preset, load_image
+
+FALLBACK_PREDICTION_CHARS = 200  # text mode: use this much of the text if no line break comes
+
+
+@dataclass
+class _Run:
+    """What the two workers share during one run."""
+
+    clock_start: float
+    stop: threading.Event
+    events: queue.Queue = field(default_factory=queue.Queue)
+    first_token: threading.Event = field(default_factory=threading.Event)
+    prediction_ready: threading.Event = field(default_factory=threading.Event)
+    text_done: threading.Event = field(default_factory=threading.Event)
+    text: list[str] = field(default_factory=list)
+    prediction: str | None = None
+    capture: vlm_stage.PrefillCapture | None = None
+
+    def put(self, type_: str, **fields) -> None:
+        self.events.put(event(type_, time.perf_counter() - self.clock_start, **fields))
+
+    def wait(self, flag: threading.Event) -> bool:
+        """Wait for `flag` unless the text stage ends first or Stop is pressed."""
+        while not flag.wait(0.01):
+            if self.stop.is_set() or self.text_done.is_set():
+                return flag.is_set()
+        return True
+
+
+class ForesightPipeline:
+    def __init__(self, models):
+        self.models = models
+
+    def default_mode(self) -> str:
+        return self.models.modes[0]
+
+    def __call__(self, image, prompt: str = "", preset: str = "default", mode: str | None = None,
+                 seed: int | None = None, out_dir: str | Path = "outputs", stop: threading.Event | None = None,
+                 reasoning: str | None = None) -> Iterator[dict]:
+        """Yield the run's events. `reasoning`: re-render the video for this existing text, without the VLM stream."""
+        run = _Run(time.perf_counter(), stop or threading.Event())
+        try:
+            picture = load_image(image)
+            if preset not in PRESETS:
+                raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+        except InputError as exc:
+            yield event("error", time.perf_counter() - run.clock_start, stage="input", message=str(exc),
+                        recoverable=True)
+            return
+        mode, note = self._choose_mode(mode)
+        seed = random.randrange(2**31) if seed is None else int(seed)
+        frame = fit_to_preset(picture, PRESETS[preset])
+        run_id = uuid.uuid4().hex[:12]
+        spec = PRESETS[preset]
+        yield event("thinking_start", time.perf_counter() - run.clock_start, run_id=run_id, preset=preset, mode=mode,
+                    width=frame.width, height=frame.height, num_frames=spec.num_frames, fps=spec.fps, seed=seed,
+                    note=note)
+
+        inputs = vlm_stage.build_inputs(self.models, frame, prompt)
+        if reasoning is None:
+            if mode == "fused":
+                run.capture = vlm_stage.PrefillCapture(self.models.vlm, self.models.settings.hidden_layer)
+            thinker = threading.Thread(target=self._think, args=(run, inputs), daemon=True, name="foresight-think")
+        else:
+            run.text.append(reasoning)
+            run.prediction = vlm_stage.prediction_line(reasoning + "\n")
+            thinker = None
+            for flag in (run.first_token, run.prediction_ready, run.text_done):
+                flag.set()
+        renderer = threading.Thread(target=self._render, args=(run, frame, inputs, preset, mode, seed,
+                                                               Path(out_dir) / f"{run_id}.mp4"),
+                                    daemon=True, name="foresight-render")
+        workers = [w for w in (thinker, renderer) if w is not None]
+        timings: dict[str, float | None] = {"ttft": None, "first_frame": None, "video_ready": None}
+        video_url = None
+        try:
+            for worker in workers:
+                worker.start()
+            while any(w.is_alive() for w in workers) or not run.events.empty():
+                try:
+                    ev = run.events.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if ev["type"] == "text_chunk" and timings["ttft"] is None:
+                    timings["ttft"] = ev["t"]
+                elif ev["type"] == "video_frame" and timings["first_frame"] is None:
+                    timings["first_frame"] = ev["t"]
+                elif ev["type"] == "video_complete":
+                    timings["video_ready"], video_url = ev["t"], ev["video_url"]
+                yield ev
+            yield event("thinking_complete", time.perf_counter() - run.clock_start, text="".join(run.text),
+                        video_url=video_url, stopped=run.stop.is_set(), mode=mode, seed=seed, **timings)
+        finally:  # also on Stop / a closed client: end both workers at their next step
+            run.stop.set()
+            for worker in workers:
+                if worker.is_alive():
+                    worker.join()
+            if run.capture is not None:
+                run.capture.remove()
+
+    def _choose_mode(self, requested: str | None) -> tuple[str, str]:
+        available = self.models.modes
+        if requested in (None, "", "auto"):
+            mode = available[0]
+            return mode, self.models.bridge_note if mode == "text" else ""
+        if requested not in ("fused", "text"):
+            raise ValueError(f"unknown mode {requested!r}: use fused or text")
+        if requested in available:
+            return requested, ""
+        fallback = available[0]
+        why = self.models.bridge_note if requested == "fused" else "T5 is not loaded"
+        return fallback, f"{requested} mode is unavailable ({why}); ran {fallback} mode instead"
+
+    def _think(self, run: _Run, inputs) -> None:
+        def on_text(chunk: str) -> None:
+            run.first_token.set()
+            run.text.append(chunk)
+            run.put("text_chunk", content=chunk)
+            if not run.prediction_ready.is_set():
+                line = vlm_stage.prediction_line("".join(run.text))
+                if line is not None or sum(map(len, run.text)) >= FALLBACK_PREDICTION_CHARS:
+                    self._set_prediction(run, line)
+
+        try:
+            vlm_stage.stream_reasoning(self.models, inputs, on_text, run.stop, capture=run.capture)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes an event; the video may still run
+            run.put("error", stage="text", message=f"The reasoning stopped early: {exc}", recoverable=True)
+        finally:
+            if not run.prediction_ready.is_set():
+                self._set_prediction(run, None)
+            run.text_done.set()
+
+    @staticmethod
+    def _set_prediction(run: _Run, line: str | None) -> None:
+        text = "".join(run.text).strip()
+        run.prediction = line or text[:FALLBACK_PREDICTION_CHARS] or "The scene continues naturally."
+        run.prediction_ready.set()
+
+    def _render(self, run: _Run, frame, inputs, preset: str, mode: str, seed: int, mp4_path: Path) -> None:
+        models = self.models
+        try:
+            if mode == "fused":
+                if not run.wait(run.first_token):  # the prefill has run: its states are captured
+                    if run.stop.is_set():
+                        return
+                states = run.capture.states if run.capture and run.capture.states is not None \
+                    else vlm_stage.prefill_states(models, inputs)
+                embeds, mask = video_stage.fused_conditioning(models, frame, states)
+                conditioning = dict(prompt_embeds=embeds, prompt_attention_mask=mask)
+            else:
+                run.wait(run.prediction_ready)
+                if run.stop.is_set():
+                    return
+                conditioning = dict(prompt=run.prediction)
+            rendered = self._render_with_retry(run, frame, preset, seed, conditioning)
+            if rendered is None:
+                return
+            frames, fps = rendered
+            total = len(frames)
+            for index, rgb in enumerate(frames):
+                run.put("video_frame", frame_index=index, total_frames=total, kind="frame", step=None,
+                        data=jpeg_base64(rgb))
+            video_stage.write_mp4(frames, fps, mp4_path)
+            run.put("video_complete", video_url=str(mp4_path), num_frames=total, fps=fps)
+        except Exception as exc:  # noqa: BLE001 - the text stays; the page offers a video-only retry
+            run.put("error", stage="video", message=f"The video could not be made: {exc}", recoverable=True)
+
+    def _render_with_retry(self, run: _Run, frame, preset: str, seed: int, conditioning: dict):
+        """Render -> (frames, fps), None if stopped; on CUDA out-of-memory, once more at the next smaller preset."""
+        while True:
+            spec = PRESETS[preset]
+            if (frame.width * frame.height) > spec.width * spec.height:
+                frame = fit_to_preset(frame, spec)
+
+            def on_preview(step: int, rgb, total=spec.num_frames, steps=self.models.settings.sampling.num_inference_steps):
+                run.put("video_frame", frame_index=total - 1, total_frames=total, kind="preview", step=step,
+                        num_steps=steps, data=jpeg_base64(rgb))
+
+            try:
+                frames = video_stage.render(self.models, frame, frame.width, frame.height, spec.num_frames,
+                                            spec.fps, seed, on_preview, run.stop, **conditioning)
+                return frames, spec.fps
+            except video_stage.Stopped:
+                return None
+            except torch.OutOfMemoryError:
+                smaller = SMALLER_PRESET.get(preset)
+                if smaller is None:
+                    raise
+                torch.cuda.empty_cache()
+                run.put("error", stage="video", recoverable=True,
+                        message=f"Out of GPU memory at the {preset} preset; retrying at {smaller}.")
+                preset = smaller

@@ -1,0 +1,109 @@
+"""Qwen2.5-VL: one prefill gives the first token and the hidden states the bridge needs; then tokens stream."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import torch
+from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+SYSTEM_PROMPT = (
+    "You look at one image and foresee the next few seconds. Your first line is your prediction, "
+    "written as 'Next: <one sentence about what happens next>'. Then reason briefly about what you "
+    "see and why it leads there."
+)
+DEFAULT_QUESTION = "What happens next?"
+
+
+def build_inputs(models, image: Image.Image, question: str):
+    """Chat-template the image and question; tensors on the model's device."""
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question.strip() or DEFAULT_QUESTION}]},
+    ]
+    text = models.processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = models.processor(text=[text], images=[image], return_tensors="pt")
+    return inputs.to(models.vlm.device)
+
+
+class _ChunkStreamer(TextStreamer):
+    """Hands each piece of print-ready text to a callback (TextStreamer handles partial UTF-8 and words)."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None]):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.on_text = on_text
+
+    def on_finalized_text(self, text: str, stream_end: bool = False):
+        if text:
+            self.on_text(text)
+
+
+class _StopWhenSet(StoppingCriteria):
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class PrefillCapture:
+    """Forward hook on one decoder layer: keeps its output for the prompt (the prefill) only.
+
+    The prefill is the one call that sees more than one new token; decode steps see one each.
+    """
+
+    def __init__(self, vlm, layer: int):
+        self.states: torch.Tensor | None = None
+        self.ready = threading.Event()
+        self._handle = vlm.model.language_model.layers[layer].register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        if self.states is None and hidden.shape[1] > 1:
+            self.states = hidden.detach()
+            self.ready.set()
+            self._handle.remove()
+
+    def remove(self):
+        self._handle.remove()
+
+
+@torch.inference_mode()
+def stream_reasoning(models, inputs, on_text: Callable[[str], None], stop: threading.Event,
+                     capture: PrefillCapture | None = None, max_new_tokens: int | None = None) -> None:
+    """Generate greedily, calling `on_text` with each chunk; `capture` receives the prefill states."""
+    try:
+        models.vlm.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens or models.settings.max_new_tokens,
+            do_sample=False,
+            streamer=_ChunkStreamer(models.processor.tokenizer, on_text),
+            stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
+        )
+    finally:
+        if capture is not None:
+            capture.remove()
+
+
+@torch.inference_mode()
+def prefill_states(models, inputs) -> torch.Tensor:
+    """The bridge's input without generating: one forward pass over the prompt (used by video-only retries)."""
+    capture = PrefillCapture(models.vlm, models.settings.hidden_layer)
+    try:
+        models.vlm(**inputs, use_cache=False)
+    finally:
+        capture.remove()
+    return capture.states
+
+
+def prediction_line(text: str) -> str | None:
+    """The one-line prediction, once its line is complete: 'Next: X' -> 'X'."""
+    if "\n" not in text.lstrip():
+        return None
+    line = text.strip().splitlines()[0].strip()
+    for prefix in ("next:", "next -", "next"):
+        if line.lower().startswith(prefix):
+            return line[len(prefix):].strip() or line
+    return line

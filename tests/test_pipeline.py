@@ -1,0 +1,138 @@
+"""The pipeline's event stream, its video, both conditioning modes, seeds, stop and failures."""
+
+import dataclasses
+import json
+import threading
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from foresight.events import decode_frame
+from foresight.pipeline import ForesightPipeline
+
+from conftest import run_events
+
+
+def types(events):
+    return [ev["type"] for ev in events]
+
+
+@pytest.mark.parametrize("mode", ["fused", "text"])
+def test_events_arrive_in_protocol_order(pipe, photo, tmp_path, mode):
+    events = run_events(pipe, photo, mode=mode, seed=3, out_dir=tmp_path)
+    kinds = types(events)
+    assert kinds[0] == "thinking_start" and kinds[-1] == "thinking_complete"
+    assert "error" not in kinds
+    start = events[0]
+    assert start["mode"] == mode and start["preset"] == "fast"
+    assert start["width"] % 32 == 0 and start["height"] % 32 == 0
+    first_text = kinds.index("text_chunk")
+    done = kinds.index("video_complete")
+    previews = [i for i, ev in enumerate(events) if ev["type"] == "video_frame" and ev["kind"] == "preview"]
+    assert first_text < done and previews and previews[0] < done
+    steps = [events[i]["step"] for i in previews]
+    assert steps == list(range(len(steps))), "one preview per denoising step, in order"
+    assert [ev["t"] for ev in events] == sorted(ev["t"] for ev in events)
+    frames = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"]
+    assert [f["frame_index"] for f in frames] == list(range(17))
+    assert decode_frame(frames[0]).size == (start["width"], start["height"])
+    end = events[-1]
+    assert end["text"] == "".join(ev["content"] for ev in events if ev["type"] == "text_chunk") != ""
+    assert end["video_url"] == events[done]["video_url"]
+    assert 0 < end["ttft"] and 0 < end["first_frame"] <= end["video_ready"] <= end["t"]
+    json.dumps(events)  # every event is JSON-serialisable
+
+
+def test_mp4_decodes_to_the_presets_frames_and_size(pipe, photo, tmp_path):
+    events = run_events(pipe, photo, seed=1, out_dir=tmp_path)
+    start, end = events[0], events[-1]
+    frames = iio.imread(end["video_url"], plugin="FFMPEG")
+    assert frames.shape == (17, start["height"], start["width"], 3)
+    assert frames.std() > 1  # not a blank clip
+
+
+def test_same_seed_same_video_other_seed_other_video(pipe, photo, tmp_path):
+    def last_frame(seed):
+        events = run_events(pipe, photo, mode="fused", seed=seed, out_dir=tmp_path)
+        frame = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"][-1]
+        return np.asarray(decode_frame(frame), dtype=np.int16)
+
+    a, b, c = last_frame(7), last_frame(7), last_frame(8)
+    assert np.array_equal(a, b)
+    assert np.abs(a - c).mean() > 1
+
+
+def test_without_bridge_weights_text_mode_runs_and_says_so(models, photo, tmp_path):
+    no_bridge = dataclasses.replace(models, bridge=None, bridge_note="no bridge weights in weights/")
+    events = run_events(ForesightPipeline(no_bridge), photo, mode="fused", seed=1, out_dir=tmp_path)
+    start = events[0]
+    assert start["mode"] == "text" and "fused mode is unavailable" in start["note"]
+    assert "video_complete" in types(events) and events[-1]["mode"] == "text"
+
+
+def test_a_failing_video_stage_keeps_the_text(models, pipe, photo, tmp_path):
+    def explode(module, args, output):
+        raise RuntimeError("injected failure")
+
+    handle = models.video.transformer.register_forward_hook(explode)
+    try:
+        events = run_events(pipe, photo, seed=1, out_dir=tmp_path)
+    finally:
+        handle.remove()
+    errors = [ev for ev in events if ev["type"] == "error"]
+    assert len(errors) == 1 and errors[0]["stage"] == "video" and "injected failure" in errors[0]["message"]
+    assert errors[0]["recoverable"] is True
+    assert "video_complete" not in types(events)
+    end = events[-1]
+    assert end["type"] == "thinking_complete" and end["text"] and end["video_url"] is None
+
+
+def test_out_of_memory_retries_once_at_the_smaller_preset(models, pipe, photo, tmp_path):
+    calls = {"n": 0}
+
+    def oom_once(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    handle = models.video.transformer.register_forward_hook(oom_once)
+    try:
+        events = run_events(pipe, photo, preset="default", seed=1, out_dir=tmp_path)
+    finally:
+        handle.remove()
+    notice = [ev for ev in events if ev["type"] == "error"]
+    assert len(notice) == 1 and "retrying at fast" in notice[0]["message"]
+    done = [ev for ev in events if ev["type"] == "video_complete"]
+    assert done and done[0]["num_frames"] == 17  # the fast preset's clip
+
+
+def test_stop_ends_the_run_without_a_video(pipe, photo, tmp_path):
+    stop = threading.Event()
+    events = []
+    for ev in pipe(photo, preset="fast", seed=1, out_dir=tmp_path, stop=stop):
+        events.append(ev)
+        if ev["type"] == "video_frame":
+            stop.set()
+    assert events[-1]["type"] == "thinking_complete" and events[-1]["stopped"] is True
+    assert "video_complete" not in types(events)
+    previews = [ev for ev in events if ev["type"] == "video_frame"]
+    assert len(previews) < 4  # stopped at the next denoising step, not after all of them
+
+
+def test_closing_the_stream_early_stops_the_workers(pipe, photo, tmp_path):
+    stream = pipe(photo, preset="fast", seed=1, out_dir=tmp_path)
+    assert next(stream)["type"] == "thinking_start"
+    next(stream)
+    stream.close()  # what Gradio does on Stop
+    names = [t.name for t in threading.enumerate()]
+    assert "foresight-think" not in names and "foresight-render" not in names
+
+
+def test_video_only_retry_reuses_the_text(pipe, photo, tmp_path):
+    text = "Next: the red square slides to the right.\nBecause it sits on a slope."
+    events = run_events(pipe, photo, mode="text", seed=1, out_dir=tmp_path, reasoning=text)
+    assert "text_chunk" not in types(events)
+    assert "video_complete" in types(events)
+    assert events[-1]["text"] == text
