@@ -36,6 +36,10 @@ def torch_dtype(settings: Settings) -> torch.dtype:
 
 def load_models(settings: Settings, log: Callable[[str], None] = print, load_text_encoder: bool = True) -> Models:
     """Load every model once, in bf16 on CUDA (float32 on CPU), safetensors only."""
+    if settings.profile == "random-full":
+        from foresight.random_full import build_random_full_models
+
+        return build_random_full_models(settings, log, load_text_encoder)
     from transformers import AutoImageProcessor, AutoProcessor, Dinov2Model, Qwen2_5_VLForConditionalGeneration
 
     dtype, device, ids = torch_dtype(settings), settings.device, settings.model_ids

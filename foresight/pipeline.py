@@ -18,6 +18,7 @@ import random
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -46,9 +47,21 @@ class _Run:
     text: list[str] = field(default_factory=list)
     prediction: str | None = None
     capture: vlm_stage.PrefillCapture | None = None
+    token_times: list[float] = field(default_factory=list)  # when each generated token existed
+    video_start: float | None = None  # when the renderer had its conditioning and began denoising
+    seconds: dict[str, float] = field(default_factory=lambda: {"jpeg": 0.0, "mp4": 0.0})  # pipeline overhead
+
+    def now(self) -> float:
+        return time.perf_counter() - self.clock_start
 
     def put(self, type_: str, **fields) -> None:
-        self.events.put(event(type_, time.perf_counter() - self.clock_start, **fields))
+        self.events.put(event(type_, self.now(), **fields))
+
+    def jpeg(self, rgb) -> str:
+        start = time.perf_counter()
+        data = jpeg_base64(rgb)
+        self.seconds["jpeg"] += time.perf_counter() - start
+        return data
 
     def wait(self, flag: threading.Event) -> bool:
         """Wait for `flag` unless the text stage ends first or Stop is pressed."""
@@ -75,15 +88,14 @@ class ForesightPipeline:
             if preset not in PRESETS:
                 raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
         except InputError as exc:
-            yield event("error", time.perf_counter() - run.clock_start, stage="input", message=str(exc),
-                        recoverable=True)
+            yield event("error", run.now(), stage="input", message=str(exc), recoverable=True)
             return
         mode, note = self._choose_mode(mode)
         seed = random.randrange(2**31) if seed is None else int(seed)
         frame = fit_to_preset(picture, PRESETS[preset])
         run_id = uuid.uuid4().hex[:12]
         spec = PRESETS[preset]
-        yield event("thinking_start", time.perf_counter() - run.clock_start, run_id=run_id, preset=preset, mode=mode,
+        yield event("thinking_start", run.now(), run_id=run_id, preset=preset, mode=mode,
                     width=frame.width, height=frame.height, num_frames=spec.num_frames, fps=spec.fps, seed=seed,
                     note=note)
 
@@ -119,8 +131,10 @@ class ForesightPipeline:
                 elif ev["type"] == "video_complete":
                     timings["video_ready"], video_url = ev["t"], ev["video_url"]
                 yield ev
-            yield event("thinking_complete", time.perf_counter() - run.clock_start, text="".join(run.text),
-                        video_url=video_url, stopped=run.stop.is_set(), mode=mode, seed=seed, **timings)
+            yield event("thinking_complete", run.now(), text="".join(run.text), video_url=video_url,
+                        stopped=run.stop.is_set(), mode=mode, seed=seed, **timings, tokens=len(run.token_times),
+                        token_times=[round(t, 4) for t in run.token_times], video_start=run.video_start,
+                        overhead_s={k: round(v, 4) for k, v in run.seconds.items()})
         finally:  # also on Stop / a closed client: end both workers at their next step
             run.stop.set()
             for worker in workers:
@@ -143,8 +157,11 @@ class ForesightPipeline:
         return fallback, f"{requested} mode is unavailable ({why}); ran {fallback} mode instead"
 
     def _think(self, run: _Run, inputs) -> None:
-        def on_text(chunk: str) -> None:
+        def on_token() -> None:
+            run.token_times.append(run.now())
             run.first_token.set()
+
+        def on_text(chunk: str) -> None:
             run.text.append(chunk)
             run.put("text_chunk", content=chunk)
             if not run.prediction_ready.is_set():
@@ -153,7 +170,7 @@ class ForesightPipeline:
                     self._set_prediction(run, line)
 
         try:
-            vlm_stage.stream_reasoning(self.models, inputs, on_text, run.stop, capture=run.capture)
+            vlm_stage.stream_reasoning(self.models, inputs, on_text, run.stop, capture=run.capture, on_token=on_token)
         except Exception as exc:  # noqa: BLE001 - any failure becomes an event; the video may still run
             run.put("error", stage="text", message=f"The reasoning stopped early: {exc}", recoverable=True)
         finally:
@@ -188,13 +205,21 @@ class ForesightPipeline:
                 return
             frames, fps = rendered
             total = len(frames)
-            for index, rgb in enumerate(frames):
-                run.put("video_frame", frame_index=index, total_frames=total, kind="frame", step=None,
-                        data=jpeg_base64(rgb))
-            video_stage.write_mp4(frames, fps, mp4_path)
+            with ThreadPoolExecutor(1, thread_name_prefix="foresight-mp4") as encoder:
+                writing = encoder.submit(self._write_mp4, run, frames, fps, mp4_path)  # beside the frame events
+                for index, rgb in enumerate(frames):
+                    run.put("video_frame", frame_index=index, total_frames=total, kind="frame", step=None,
+                            data=run.jpeg(rgb))
+                writing.result()
             run.put("video_complete", video_url=str(mp4_path), num_frames=total, fps=fps)
         except Exception as exc:  # noqa: BLE001 - the text stays; the page offers a video-only retry
             run.put("error", stage="video", message=f"The video could not be made: {exc}", recoverable=True)
+
+    @staticmethod
+    def _write_mp4(run: _Run, frames, fps: int, path: Path) -> None:
+        start = time.perf_counter()
+        video_stage.write_mp4(frames, fps, path)
+        run.seconds["mp4"] = time.perf_counter() - start
 
     def _render_with_retry(self, run: _Run, frame, preset: str, seed: int, conditioning: dict):
         """Render -> (frames, fps), None if stopped; on CUDA out-of-memory, once more at the next smaller preset."""
@@ -205,8 +230,9 @@ class ForesightPipeline:
 
             def on_preview(step: int, rgb, total=spec.num_frames, steps=self.models.settings.sampling.num_inference_steps):
                 run.put("video_frame", frame_index=total - 1, total_frames=total, kind="preview", step=step,
-                        num_steps=steps, data=jpeg_base64(rgb))
+                        num_steps=steps, data=run.jpeg(rgb))
 
+            run.video_start = round(run.now(), 4)
             try:
                 frames = video_stage.render(self.models, frame, frame.width, frame.height, spec.num_frames,
                                             spec.fps, seed, on_preview, run.stop, **conditioning)

@@ -29,11 +29,17 @@ def build_inputs(models, image: Image.Image, question: str):
 
 
 class _ChunkStreamer(TextStreamer):
-    """Hands each piece of print-ready text to a callback (TextStreamer handles partial UTF-8 and words)."""
+    """Hands each piece of print-ready text to a callback (TextStreamer handles partial UTF-8 and words),
+    and tells `on_token` about every generated token, the moment it exists."""
 
-    def __init__(self, tokenizer, on_text: Callable[[str], None]):
+    def __init__(self, tokenizer, on_text: Callable[[str], None], on_token: Callable[[], None]):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.on_text = on_text
+        self.on_text, self.on_token = on_text, on_token
+
+    def put(self, value):
+        if not self.next_tokens_are_prompt:
+            self.on_token()
+        super().put(value)
 
     def on_finalized_text(self, text: str, stream_end: bool = False):
         if text:
@@ -72,14 +78,15 @@ class PrefillCapture:
 
 @torch.inference_mode()
 def stream_reasoning(models, inputs, on_text: Callable[[str], None], stop: threading.Event,
-                     capture: PrefillCapture | None = None, max_new_tokens: int | None = None) -> None:
+                     capture: PrefillCapture | None = None, on_token: Callable[[], None] = lambda: None,
+                     max_new_tokens: int | None = None) -> None:
     """Generate greedily, calling `on_text` with each chunk; `capture` receives the prefill states."""
     try:
         models.vlm.generate(
             **inputs,
             max_new_tokens=max_new_tokens or models.settings.max_new_tokens,
             do_sample=False,
-            streamer=_ChunkStreamer(models.processor.tokenizer, on_text),
+            streamer=_ChunkStreamer(models.processor.tokenizer, on_text, on_token),
             stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
         )
     finally:

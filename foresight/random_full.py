@@ -1,0 +1,117 @@
+"""The `random-full` profile: the real architectures at full size with random weights, for timing.
+
+Timing does not depend on weight values, and 30 GB of random checkpoints would take longer to
+write than a benchmark takes to run, so the models are built in memory from their real configs.
+The small files (tokenizers, processors, scheduler) come from the tiny profile's folders, which
+have the real layouts. The VLM stands in with the tiny tokenizer: token ids it cannot decode,
+and end-of-text, are suppressed so that every run decodes exactly `max_new_tokens` tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+
+from foresight.bridge import Bridge, BridgeConfig
+
+# Qwen2.5-VL-7B-Instruct's config.json
+QWEN_7B_TEXT = dict(
+    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+)
+QWEN_7B_VISION = dict(
+    depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584, patch_size=14,
+    spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
+    tokens_per_second=2,
+)
+# facebook/dinov2-large
+DINOV2_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, mlp_ratio=4, image_size=518,
+                    patch_size=14)
+# google/t5-v1_1-xxl encoder, LTX's text encoder
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+# LTX-Video 0.9.5 VAE (shared by the 2B 0.9.5+ checkpoints); the transformer's defaults are the 2B model.
+LTX_095_VAE = dict(
+    latent_channels=128, block_out_channels=(128, 256, 512, 1024, 2048),
+    down_block_types=("LTXVideo095DownBlock3D",) * 4,
+    downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+    layers_per_block=(4, 6, 6, 2, 2), spatio_temporal_scaling=(True, True, True, True),
+    decoder_block_out_channels=(256, 512, 1024), decoder_layers_per_block=(5, 5, 5, 5),
+    decoder_spatio_temporal_scaling=(True, True, True), decoder_inject_noise=(False, False, False, False),
+    upsample_residual=(True, True, True), upsample_factor=(2, 2, 2), timestep_conditioning=True,
+    patch_size=4, patch_size_t=1, encoder_causal=True, decoder_causal=False,
+    spatial_compression_ratio=32, temporal_compression_ratio=8,
+)
+
+
+@contextlib.contextmanager
+def _building(device: str, dtype: torch.dtype):
+    """Create parameters directly on `device` in `dtype` (no float32 copy of 14B parameters first)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_vlm(tokenizer, device: str, dtype: torch.dtype):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    token_id = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        text_config=dict(QWEN_7B_TEXT, eos_token_id=token_id("<|im_end|>"), pad_token_id=token_id("<|endoftext|>")),
+        vision_config=QWEN_7B_VISION,
+        image_token_id=token_id("<|image_pad|>"), video_token_id=token_id("<|video_pad|>"),
+        vision_start_token_id=token_id("<|vision_start|>"), vision_end_token_id=token_id("<|vision_end|>"),
+    )
+    with _building(device, dtype):
+        vlm = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
+    ends = [token_id("<|im_end|>"), token_id("<|endoftext|>")]
+    vlm.generation_config.suppress_tokens = ends + list(range(len(tokenizer), QWEN_7B_TEXT["vocab_size"]))
+    vlm.generation_config.pad_token_id = ends[1]
+    return vlm
+
+
+def build_video_pipeline(tiny_folder, device: str, dtype: torch.dtype, load_text_encoder: bool):
+    from diffusers import (
+        AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline, LTXVideoTransformer3DModel,
+    )
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+    with _building(device, dtype):
+        transformer = LTXVideoTransformer3DModel().eval()
+        vae = AutoencoderKLLTXVideo(**LTX_095_VAE).eval()
+        text_encoder = T5EncoderModel(T5Config(**T5_XXL)).eval() if load_text_encoder else None
+    pipe = LTXImageToVideoPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(tiny_folder, subfolder="scheduler"),
+        vae=vae, transformer=transformer, text_encoder=text_encoder,
+        tokenizer=AutoTokenizer.from_pretrained(tiny_folder, subfolder="tokenizer") if load_text_encoder else None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_random_full_models(settings, log: Callable[[str], None] = print, load_text_encoder: bool = True):
+    from transformers import AutoImageProcessor, AutoProcessor, Dinov2Config, Dinov2Model
+
+    from foresight.models import Models, base_models, torch_dtype
+    from foresight.tiny import ensure_tiny_models
+
+    tiny, _ = ensure_tiny_models()
+    ids, device, dtype = settings.model_ids, settings.device, torch_dtype(settings)
+    log("[foresight] random-full: building the full-size architectures with random weights")
+    pixel_bounds = {"shortest_edge": 28 * 28 * 4, "longest_edge": settings.vlm_max_pixels}
+    processor = AutoProcessor.from_pretrained(tiny / ids.vlm, size=pixel_bounds)
+    vlm = build_vlm(processor.tokenizer, device, dtype)
+    with _building(device, dtype):
+        vision = Dinov2Model(Dinov2Config(**DINOV2_LARGE)).eval()
+        bridge = Bridge(BridgeConfig(base_models=base_models(settings))).eval()
+    video = build_video_pipeline(tiny / ids.video, device, dtype, load_text_encoder)
+    note = "random full-size bridge (random-full profile)"
+    return Models(processor, vlm, AutoImageProcessor.from_pretrained(tiny / ids.vision), vision, video, bridge,
+                  note, settings)

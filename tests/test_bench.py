@@ -1,0 +1,48 @@
+"""The benchmark's numbers come from real runs' events, and the random-full profile builds the real sizes."""
+
+import dataclasses
+import json
+
+import torch
+
+from foresight.bench import METRICS, bench, format_table, run_metrics
+
+from conftest import run_events
+
+
+def test_bench_measures_the_timeline_through_the_pipeline(pipe, photo, tmp_path):
+    results = bench(pipe, ["fast"], runs=2, image=photo)
+    fast = results["fast"]
+    for key in ("ttft", "first_frame", "video_ready", "tok_s_alone", "mp4_write", "overhead_share"):
+        assert fast[key]["n"] == 2 and fast[key]["min"] <= fast[key]["median"] <= fast[key]["max"], key
+    assert fast["ttft"]["median"] < fast["video_ready"]["median"]
+    assert fast["peak_gib"] is None  # no GPU here
+    table = format_table(results)
+    assert all(label in table for _, label, _ in METRICS)
+    json.dumps(results)
+
+
+def test_run_metrics_count_tokens_decoded_while_the_video_renders(pipe, photo, tmp_path):
+    events = run_events(pipe, photo, seed=2, out_dir=tmp_path)
+    end = events[-1]
+    metrics = run_metrics(events)
+    assert end["tokens"] == len(end["token_times"]) > 0
+    assert metrics["overlap_tokens"] == sum(
+        end["video_start"] <= t <= min(end["video_ready"], end["token_times"][-1]) for t in end["token_times"])
+
+
+def test_random_full_builds_the_real_sizes(models):
+    from foresight.random_full import build_random_full_models
+
+    settings = dataclasses.replace(models.settings, profile="random-full", device="meta", dtype="bfloat16")
+    full = build_random_full_models(settings, log=lambda m: None)
+
+    def billions(module):
+        return sum(p.numel() for p in module.parameters()) / 1e9
+
+    assert 8.2 < billions(full.vlm) < 8.4  # Qwen2.5-VL-7B: 8.29B with its vision tower
+    assert 0.30 < billions(full.vision) < 0.31  # DINOv2-L
+    assert 1.9 < billions(full.video.transformer) < 2.0  # LTX-Video 2B
+    assert 4.7 < billions(full.video.text_encoder) < 4.8  # T5-XXL encoder
+    assert full.video.vae_spatial_compression_ratio == 32 and full.video.vae_temporal_compression_ratio == 8
+    assert full.vlm.lm_head.weight.dtype == torch.bfloat16
