@@ -1,4 +1,4 @@
-"""Command line: `python -m foresight predict IMAGE ...` and `python -m foresight bench ...`."""
+"""Command line: `python -m foresight predict|bench|train|eval-bridge ...`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from foresight.config import PRESETS
+from foresight.train import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,9 +35,43 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--runs", type=int, default=5)
     bench.add_argument("--json", default=None, help="write the results here as JSON")
 
+    train = commands.add_parser("train", help="train the bridge on a folder of images or clips")
+    train.add_argument("--data", required=True, help="a folder of images (distill) or mp4/webm clips (video)")
+    train.add_argument("--objective", choices=["distill", "video"], default="distill")
+    train.add_argument("--out", required=True, help="the checkpoint folder, e.g. weights/my-bridge")
+    train.add_argument("--captions", default=None, help='JSON lines {"file": ..., "caption": ...} (optional)')
+    train.add_argument("--profile", choices=["tiny", "full", "random-full"], default=None)
+    train.add_argument("--resume", action="store_true", help="continue from OUT/training/state.pt")
+    defaults = TrainConfig()
+    for name in ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "val_fraction",
+                 "val_every", "save_every", "seed"):
+        value = getattr(defaults, name)
+        train.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    train.add_argument("--preset", choices=list(PRESETS), default=defaults.preset,
+                       help="the size items are cropped to (and, for video, the clip length)")
+
+    evaluate = commands.add_parser("eval-bridge", help="held-out loss and a text-vs-fused preview grid")
+    evaluate.add_argument("--weights", required=True, help="a bridge checkpoint folder")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--objective", choices=["distill", "video"], default="distill")
+    evaluate.add_argument("--captions", default=None)
+    evaluate.add_argument("--profile", choices=["tiny", "full", "random-full"], default=None)
+    evaluate.add_argument("--preset", choices=list(PRESETS), default=defaults.preset)
+    evaluate.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    evaluate.add_argument("--grid", default="bridge-grid.png", help="where to write the comparison grid")
+    evaluate.add_argument("--grid-images", type=int, default=4)
+
     args = parser.parse_args(argv)
     if args.command == "predict":
         return predict_command(args)
+    if args.command == "train":
+        from foresight.train import train_command
+
+        return train_command(args)
+    if args.command == "eval-bridge":
+        from foresight.evaluate import eval_command
+
+        return eval_command(args)
     from foresight.bench import bench_command
 
     return bench_command(args)

@@ -90,12 +90,14 @@ class Adapter(nn.Module):
             for _ in range(config.adapter_layers))
         self.norm_out = nn.LayerNorm(config.adapter_dim)
         self.caption_out = nn.Linear(config.adapter_dim, config.caption_dim)
+        self.keep_out = nn.Linear(config.adapter_dim, 1)  # which tokens LTX should attend to
 
     def forward(self, fused):
         x = self.queries.unsqueeze(0).expand(fused.shape[0], -1, -1)
         for block in self.blocks:
             x = block(x, fused, None)
-        return self.caption_out(self.norm_out(x))
+        x = self.norm_out(x)
+        return self.caption_out(x), self.keep_out(x).squeeze(-1)
 
 
 class Bridge(nn.Module):
@@ -106,9 +108,18 @@ class Bridge(nn.Module):
         self.adapter = Adapter(config)
 
     def forward(self, vision_tokens, vlm_states, vlm_mask=None):
-        """-> (prompt_embeds [B, K, caption_dim], prompt_attention_mask [B, K]) for LTX."""
-        embeds = self.adapter(self.fusion(vision_tokens, vlm_states, vlm_mask))
-        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        """-> (caption-space tokens [B, K, caption_dim], keep logits [B, K]); what training optimises."""
+        return self.adapter(self.fusion(vision_tokens, vlm_states, vlm_mask))
+
+    def condition(self, vision_tokens, vlm_states, vlm_mask=None):
+        """-> (prompt_embeds, prompt_attention_mask) for LTX: the tokens, and a mask of those kept.
+
+        T5 captions are a prefix of real tokens followed by padding LTX never attends to; the
+        keep head learns that mask alongside the tokens. The first token is always kept.
+        """
+        embeds, keep_logits = self(vision_tokens, vlm_states, vlm_mask)
+        mask = (keep_logits > 0).long()
+        mask[:, 0] = 1
         return embeds, mask
 
 

@@ -16,7 +16,7 @@ import torch
 
 from foresight.config import ModelIds, cache_dir
 
-TINY_VERSION = 4  # bump when the layouts below change, so stale caches are rebuilt
+TINY_VERSION = 5  # bump when the layouts below change, so stale caches are rebuilt
 IDS = ModelIds()
 
 # Qwen's special tokens, in the real tokenizer's order.

@@ -16,13 +16,19 @@ class Stopped(Exception):
 
 
 @torch.inference_mode()
-def fused_conditioning(models, image: Image.Image, vlm_states: torch.Tensor):
-    """DINOv2 patch tokens + VLM prefill states -> the bridge -> (prompt_embeds, prompt_attention_mask)."""
+def vision_tokens(models, image: Image.Image) -> torch.Tensor:
+    """DINOv2 patch tokens [1, N, D] (CLS dropped)."""
     pixels = models.vision_processor(images=image, return_tensors="pt")["pixel_values"]
     pixels = pixels.to(models.vision.device, models.vision.dtype)
-    patch_tokens = models.vision(pixel_values=pixels).last_hidden_state[:, 1:]  # drop CLS
+    return models.vision(pixel_values=pixels).last_hidden_state[:, 1:]
+
+
+@torch.inference_mode()
+def fused_conditioning(models, image: Image.Image, vlm_states: torch.Tensor):
+    """DINOv2 patch tokens + VLM prefill states -> the bridge -> (prompt_embeds, prompt_attention_mask)."""
+    patch_tokens = vision_tokens(models, image)
     bridge_dtype = next(models.bridge.parameters()).dtype
-    return models.bridge(patch_tokens.to(bridge_dtype), vlm_states.to(bridge_dtype))
+    return models.bridge.condition(patch_tokens.to(bridge_dtype), vlm_states.to(bridge_dtype))
 
 
 class _Previewer:

@@ -125,6 +125,7 @@ def test_in_a_real_browser(server):
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(server["url"])
+        assert "Bridge: fused weights tiny-random loaded" in page.inner_text("#banner")
         page.locator("#input-image input[type=file]").set_input_files(EXAMPLE)
         page.wait_for_selector("#input-image img", timeout=30_000)
         page.click("#generate")

@@ -29,8 +29,11 @@ def small_config(**changes):
 
 def test_output_is_k_caption_tokens_with_a_mask():
     bridge = Bridge(small_config())
-    embeds, mask = bridge(torch.randn(2, 7, 16), torch.randn(2, 11, 24))
-    assert embeds.shape == (2, 5, 32) and mask.shape == (2, 5) and mask.all()
+    with torch.no_grad():
+        bridge.adapter.keep_out.bias.fill_(-100.0)  # keeps nothing: the first token is still kept
+    embeds, mask = bridge.condition(torch.randn(2, 7, 16), torch.randn(2, 11, 24))
+    assert embeds.shape == (2, 5, 32) and mask.shape == (2, 5)
+    assert mask[:, 0].all() and not mask[:, 1:].any()
 
 
 def test_checkpoint_round_trip(tmp_path):

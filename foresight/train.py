@@ -1,0 +1,296 @@
+"""Training the bridge (fusion + adapter) with the base models frozen.
+
+    python -m foresight train --data DIR --objective distill|video --out weights/NAME
+
+Objectives:
+* `distill`: regress the T5 tokens LTX would get for the image's caption (or the VLM's own
+  prediction) from DINOv2 tokens and VLM states; masked normalised MSE + cosine, plus the keep
+  mask. GILL's recipe: the diffusion model never runs, so it is cheap.
+* `video`: LTX's own flow-matching loss on the clip's latents, the first latent frame clean (the
+  image condition, as in image-to-video sampling), gradients through the frozen transformer.
+
+Every random draw (batch order, noise, timesteps) is seeded from (seed, step), so a run resumed
+from `training/state.pt` continues exactly the curve it left.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from foresight.bridge import Bridge, BridgeConfig, save_bridge
+from foresight.config import PRESETS
+from foresight.data import FeatureSet, collate, split
+
+STATE_FILE, METRICS_FILE, PLOT_FILE = "state.pt", "metrics.csv", "loss.png"
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "distill"
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    val_fraction: float = 0.1
+    val_every: int = 100
+    save_every: int = 200
+    seed: int = 0
+    preset: str = "fast"
+
+
+def bridge_layout(settings) -> dict:
+    """The bridge's size: the full layout (BridgeConfig's defaults), or the tiny one for tiny models."""
+    from foresight.tiny import TINY_BRIDGE
+
+    return dict(TINY_BRIDGE) if settings.profile == "tiny" else {}
+
+
+def bridge_config_for(models, num_tokens: int) -> BridgeConfig:
+    """The profile's layout, with input and output widths read off the loaded models."""
+    from foresight.models import base_models
+
+    widths = dict(vision_dim=models.vision.config.hidden_size, vlm_dim=models.vlm.config.text_config.hidden_size,
+                  caption_dim=models.video.transformer.config.caption_channels)
+    return BridgeConfig(**{**bridge_layout(models.settings), **widths, "num_tokens": num_tokens,
+                           "base_models": base_models(models.settings)})
+
+
+def default_num_tokens(settings) -> int:
+    """K, the bridge's token count; distill targets are T5 encodings of exactly this length."""
+    return bridge_layout(settings).get("num_tokens", BridgeConfig.num_tokens)
+
+
+def distill_loss(bridge: Bridge, batch: dict) -> tuple[torch.Tensor, dict]:
+    pred, keep_logits = bridge(batch["vision"], batch["vlm"], batch["vlm_mask"])
+    target, mask = batch["target"].float(), batch["target_mask"].float()
+    pred = pred.float()
+    weight = mask / mask.sum().clamp(min=1)
+    scale = target[mask.bool()].var().clamp(min=1e-6)  # so the loss reads the same for any embedding scale
+    mse = (((pred - target) ** 2).mean(-1) * weight).sum() / scale
+    cosine = (F.cosine_similarity(pred, target, dim=-1) * weight).sum()
+    keep = F.binary_cross_entropy_with_logits(keep_logits.float(), mask)
+    return mse + (1 - cosine) + 0.1 * keep, {"cosine": cosine.item()}
+
+
+def video_loss(bridge: Bridge, batch: dict, pipe, generator: torch.Generator, fps: int) -> tuple[torch.Tensor, dict]:
+    """Flow matching through the frozen LTX transformer: predict (noise - x0) on every frame but the first."""
+    embeds, keep_logits = bridge(batch["vision"], batch["vlm"], batch["vlm_mask"])
+    mask = (keep_logits > 0).long()
+    mask[:, 0] = 1
+    x0 = batch["latents"].float()
+    b, _, frames, height, width = x0.shape
+    noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device)
+    sigma = torch.sigmoid(torch.randn(b, generator=generator, device="cpu")).to(x0.device)  # logit-normal
+    noisy = (1 - sigma.view(b, 1, 1, 1, 1)) * x0 + sigma.view(b, 1, 1, 1, 1) * noise
+    noisy[:, :, :1] = x0[:, :, :1]  # the condition frame stays clean, as in image-to-video sampling
+    condition = torch.zeros(b, 1, frames, height, width, device=x0.device)
+    condition[:, :, 0] = 1
+    p, pt = pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size
+    condition = pipe._pack_latents(condition, p, pt).squeeze(-1)
+    dtype = pipe.transformer.dtype
+    velocity = pipe.transformer(
+        hidden_states=pipe._pack_latents(noisy, p, pt).to(dtype),
+        encoder_hidden_states=embeds.to(dtype), encoder_attention_mask=mask,
+        timestep=(sigma.view(b, 1) * 1000) * (1 - condition),
+        num_frames=frames, height=height, width=width,
+        rope_interpolation_scale=(pipe.vae_temporal_compression_ratio / fps, pipe.vae_spatial_compression_ratio,
+                                  pipe.vae_spatial_compression_ratio),
+        return_dict=False)[0]
+    target = pipe._pack_latents(noise - x0, p, pt)
+    per_token = ((velocity.float() - target) ** 2).mean(-1)
+    denoised = 1 - condition
+    return (per_token * denoised).sum() / denoised.sum(), {}
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def batch_indices(train_ids: list[int], step: int, config: TrainConfig) -> list[int]:
+    """The step's batch: a fresh permutation per epoch, seeded by (seed, epoch)."""
+    per_epoch = max(1, len(train_ids) // config.batch_size)
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+    chosen = order[position * config.batch_size:(position + 1) * config.batch_size]
+    if len(chosen) < config.batch_size:  # fewer items than a batch: take them all
+        chosen = order[:config.batch_size]
+    return [train_ids[i] for i in chosen.tolist()]
+
+
+class Trainer:
+    def __init__(self, models, features: FeatureSet, out: str | Path, config: TrainConfig,
+                 bridge_config: BridgeConfig | None = None):
+        self.models, self.features, self.config = models, features, config
+        self.out, self.work = Path(out), Path(out) / "training"
+        self.device = models.settings.device
+        self.train_ids, self.val_ids = split(features.names, config.val_fraction)
+        if not self.train_ids:
+            raise ValueError("need at least two items: one to train on, one held out")
+        self.bridge_config = bridge_config or bridge_config_for(models, features.index["num_tokens"])
+        torch.manual_seed(config.seed)
+        self.bridge = Bridge(self.bridge_config).to(self.device).train()
+        self.optimizer = torch.optim.AdamW(self.bridge.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.step = 0
+        for module in (models.vlm, models.vision, models.video.transformer):
+            module.requires_grad_(False)
+
+    def loss(self, ids: list[int], step: int) -> tuple[torch.Tensor, dict]:
+        batch = {k: v.to(self.device) for k, v in collate([self.features[i] for i in ids]).items()}
+        batch = {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda" else _nothing()
+        with autocast:
+            if self.config.objective == "distill":
+                return distill_loss(self.bridge, batch)
+            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+            return video_loss(self.bridge, batch, self.models.video, generator, PRESETS[self.config.preset].fps)
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Held-out loss (and cosine for distill), noise fixed per batch so numbers compare across steps."""
+        self.bridge.eval()
+        totals, count = {}, 0
+        for start in range(0, len(self.val_ids), self.config.batch_size):
+            ids = self.val_ids[start:start + self.config.batch_size]
+            loss, extra = self.loss(ids, step=-1 - start)
+            for key, value in {"loss": loss.item(), **extra}.items():
+                totals[key] = totals.get(key, 0.0) + value * len(ids)
+            count += len(ids)
+        self.bridge.train()
+        return {k: v / count for k, v in totals.items()} if count else {}
+
+    def save_state(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        state = {"step": self.step, "bridge": self.bridge.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "config": asdict(self.config), "bridge_config": asdict(self.bridge_config)}
+        torch.save(state, self.work / (STATE_FILE + ".tmp"))
+        (self.work / (STATE_FILE + ".tmp")).replace(self.work / STATE_FILE)
+
+    def resume(self) -> bool:
+        path = self.work / STATE_FILE
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state["config"]["objective"] != self.config.objective:
+            raise ValueError(f"{path} is a {state['config']['objective']} run, not {self.config.objective}")
+        self.bridge.load_state_dict(state["bridge"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        return True
+
+    def run(self, log: Callable[[str], None] = print, progress: bool = True, until: int | None = None) -> list[dict]:
+        """Train up to step `until` (default `config.steps`); append to metrics.csv; return this call's rows."""
+        from tqdm import tqdm
+
+        self.work.mkdir(parents=True, exist_ok=True)
+        rows: list[dict] = []
+        bar = tqdm(total=self.config.steps, initial=self.step, desc=f"train {self.config.objective}",
+                   disable=not progress, unit="step")
+        started = time.perf_counter()
+        until = min(until or self.config.steps, self.config.steps)
+        while self.step < until:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(self.step, self.config)
+            loss, _ = self.loss(batch_indices(self.train_ids, self.step, self.config), self.step)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.bridge.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            row = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": loss.item(),
+                   "val_loss": None, "val_cosine": None}
+            if self.step % self.config.val_every == 0 or self.step == self.config.steps:
+                val = self.validate()
+                row.update(val_loss=val.get("loss"), val_cosine=val.get("cosine"))
+            rows.append(row)
+            self._append_metrics(row)
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}")
+            bar.update()
+            if self.step % self.config.save_every == 0:
+                self.save_state()
+        bar.close()
+        self.save_state()
+        save_bridge(self.bridge.eval(), self.out)
+        plot_losses(self.work / METRICS_FILE, self.work / PLOT_FILE)
+        seconds = time.perf_counter() - started
+        if rows:
+            memory = (f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+                      if torch.cuda.is_available() else "")
+            log(f"[foresight] {len(rows)} steps in {seconds:.1f}s ({seconds / len(rows):.3f} s/step{memory}); "
+                f"checkpoint in {self.out}")
+        return rows
+
+    def _append_metrics(self, row: dict) -> None:
+        path = self.work / METRICS_FILE
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with Path(path).open() as f:
+        return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_losses(metrics_csv: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_csv)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], label="train", linewidth=1)
+    val = [r for r in rows if r["val_loss"] is not None]
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="held out")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def train_command(args) -> int:
+    from foresight.config import make_settings
+    from foresight.models import load_models
+
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+    settings = make_settings(args.profile)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    models = load_models(settings, log=log, load_text_encoder=config.objective == "distill")
+    features = FeatureSet.build(models, args.data, config.objective, preset=config.preset,
+                                num_tokens=default_num_tokens(settings), captions_file=args.captions, log=log)
+    trainer = Trainer(models, features, args.out, config)
+    if args.resume and trainer.resume():
+        log(f"[foresight] resumed at step {trainer.step}")
+    trainer.run(log=log)
+    return 0
