@@ -258,6 +258,8 @@ def parse_args(argv=None):
     parser.add_argument("--share", action="store_true", default=env("FORESIGHT_SHARE", "") in ("1", "true"))
     parser.add_argument("--preset", choices=list(PRESETS), default=env("FORESIGHT_PRESET", "default"))
     parser.add_argument("--queue-size", type=int, default=int(env("FORESIGHT_QUEUE_SIZE", 16)))
+    parser.add_argument("--no-text-mode", action="store_true",
+                        help="skip T5-XXL (9.5 GB) when a bridge runs fused mode (also FORESIGHT_TEXT_MODE=0)")
     return parser.parse_args(argv)
 
 
@@ -277,7 +279,7 @@ def main(argv=None) -> None:
     from foresight.models import load_models
     from foresight.pipeline import ForesightPipeline
 
-    settings = make_settings(args.profile)
+    settings = make_settings(args.profile, **({"text_mode": False} if args.no_text_mode else {}))
     banner = ""
     if settings.profile == "tiny":
         message = ("Tiny profile: the models have random weights, so the text and video are noise. "

@@ -39,8 +39,6 @@ class ModelIds:
     video_single_file: str = "Lightricks/LTX-Video/ltxv-2b-0.9.8-distilled.safetensors"
 
 
-LTX_13B_DISTILLED = ModelIds(video="Lightricks/LTX-Video-0.9.8-13B-distilled", video_single_file="")
-
 
 @dataclass(frozen=True)
 class VideoSampling:
@@ -65,6 +63,14 @@ class Settings:
     max_new_tokens: int = 256
     vlm_max_pixels: int = 512 * 512  # caps Qwen's vision tokens (324 at 512x512)
     hidden_layer: int = -3  # which VLM layer's prefill output feeds the bridge (HunyuanVideo's choice)
+    # Load T5-XXL (9.5 GB) for `text` mode. Off, it is skipped whenever a bridge can run `fused` mode.
+    text_mode: bool = True
+
+
+# Environment overrides of the model ids (full and random-full profiles). For the 13B distilled
+# model: FORESIGHT_VIDEO_ID=Lightricks/LTX-Video-0.9.8-13B-distilled FORESIGHT_VIDEO_SINGLE_FILE=
+MODEL_ID_ENV = {"vlm": "FORESIGHT_VLM_ID", "vision": "FORESIGHT_VISION_ID", "video": "FORESIGHT_VIDEO_ID",
+                "video_single_file": "FORESIGHT_VIDEO_SINGLE_FILE"}
 
 
 def cuda_available() -> bool:
@@ -90,9 +96,11 @@ def make_settings(profile: str | None = None, models_dir: str | Path | None = No
     on_cuda = cuda_available()
     settings = Settings(
         profile=profile,
+        model_ids=ModelIds(**{k: os.environ[v] for k, v in MODEL_ID_ENV.items() if v in os.environ}),
         models_dir=Path(models_dir) if models_dir else None,
         device="cuda" if on_cuda else "cpu",
         dtype="bfloat16" if on_cuda else "float32",
+        text_mode=os.environ.get("FORESIGHT_TEXT_MODE", "1") not in ("0", "false", "no"),
     )
     if profile == "tiny":
         from foresight.tiny import ensure_tiny_models
@@ -100,6 +108,7 @@ def make_settings(profile: str | None = None, models_dir: str | Path | None = No
         models_dir, weights_dir = ensure_tiny_models()
         settings = replace(
             settings,
+            model_ids=ModelIds(),  # the tiny checkpoints exist under the default ids only
             models_dir=models_dir,
             weights_dir=weights_dir,
             max_new_tokens=48,

@@ -34,12 +34,18 @@ def torch_dtype(settings: Settings) -> torch.dtype:
     return getattr(torch, settings.dtype)
 
 
-def load_models(settings: Settings, log: Callable[[str], None] = print, load_text_encoder: bool = True) -> Models:
-    """Load every model once, in bf16 on CUDA (float32 on CPU), safetensors only."""
+def load_models(settings: Settings, log: Callable[[str], None] = print,
+                load_text_encoder: bool | None = None) -> Models:
+    """Load every model once, in bf16 on CUDA (float32 on CPU), safetensors only.
+
+    T5-XXL is loaded when `text` mode can be asked for (`settings.text_mode`) or is the only mode
+    (no bridge); `load_text_encoder` forces the choice (training's video objective needs no T5).
+    """
     if settings.profile == "random-full":
         from foresight.random_full import build_random_full_models
 
-        return build_random_full_models(settings, log, load_text_encoder)
+        return build_random_full_models(settings, log, settings.text_mode if load_text_encoder is None
+                                        else load_text_encoder)
     from transformers import AutoImageProcessor, AutoProcessor, Dinov2Model, Qwen2_5_VLForConditionalGeneration
 
     dtype, device, ids = torch_dtype(settings), settings.device, settings.model_ids
@@ -70,7 +76,10 @@ def load_models(settings: Settings, log: Callable[[str], None] = print, load_tex
         bridge = load_bridge(bridge_folder, expected_base_models=base_models(settings)).to(device, dtype).eval()
     log(f"[foresight] bridge: {bridge_note}")
 
-    # T5-XXL (9.5 GB) is needed only for `text` mode; skip it when asked to.
+    if load_text_encoder is None:
+        load_text_encoder = settings.text_mode or bridge is None
+    if not load_text_encoder:
+        log("[foresight] text mode off: T5-XXL is not loaded")
     video = step(f"video {ids.video}", lambda: load_video_pipeline(settings, load_text_encoder))
     return Models(processor, vlm, vision_processor, vision, video, bridge, bridge_note, settings)
 
