@@ -27,6 +27,8 @@ OUTPUT_DIR = Path(os.environ.get("FORESIGHT_OUTPUTS", Path(tempfile.gettempdir()
 MAX_OUTPUT_RUNS = int(os.environ.get("FORESIGHT_MAX_OUTPUT_RUNS", 30))  # older videos are deleted
 CACHE_TTL_S = int(os.environ.get("FORESIGHT_CACHE_TTL", 3600))  # Gradio's copies of previews and videos
 MODE_CHOICES = [("Auto", "auto"), ("Fused (bridge)", "fused"), ("Text (T5)", "text")]
+# Gradio sizes gallery columns by item count (one run = one full-width tile): keep thumbnails small.
+CSS = "#history .grid-container { --grid-cols: 8 !important; }"
 
 try:  # ZeroGPU Spaces hand out the GPU per call; elsewhere the package is absent and not needed
     import spaces
@@ -141,7 +143,7 @@ def build_demo(pipe, default_preset: str = "default", banner: str = "") -> gr.Bl
                     raise gr.Error(ev["message"])
                 elif kind == "error":
                     gr.Warning(ev["message"])
-                    if ev["stage"] == "video" and "retrying" not in ev["message"]:
+                    if ev["stage"] == "video" and not ev.get("retry_preset"):
                         record["video_error"] = ev["message"]
                 elif kind == "thinking_complete":
                     record.update(text=ev["text"], video=ev["video_url"], stopped=ev["stopped"],
@@ -162,7 +164,7 @@ def build_demo(pipe, default_preset: str = "default", banner: str = "") -> gr.Bl
         """Render the last run's video again, for its text, without a new reasoning stream."""
         if not record or not record.get("text"):
             raise gr.Error("There is no run to retry yet.")
-        for text, preview, video, new_record in run_stream(image, prompt, preset, record["mode"], record["seed"],
+        for _, preview, video, new_record in run_stream(image, prompt, preset, record["mode"], record["seed"],
                                                            reasoning=record["text"]):
             yield preview, video, new_record
 
@@ -225,8 +227,8 @@ def build_demo(pipe, default_preset: str = "default", banner: str = "") -> gr.Bl
                 retry = gr.Button("Retry video", visible=False, elem_id="retry")
                 history_state = gr.State([])
                 record_state = gr.State({})
-                gallery = gr.Gallery(label="This session's runs", columns=8, rows=1, height=150,
-                                     object_fit="contain", elem_id="history", allow_preview=False)
+                gallery = gr.Gallery(label="This session's runs", columns=8, height=150, object_fit="cover",
+                                     elem_id="history", allow_preview=False)
 
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
         run = generate.click(begin, outputs=[reasoning, preview, video, status, retry], queue=False,
@@ -296,7 +298,7 @@ def main(argv=None) -> None:
     keep_cache_bounded(demo, CACHE_TTL_S)
     demo.queue(max_size=args.queue_size).launch(
         server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(OUTPUT_DIR)],
-        show_error=True)
+        show_error=True, css=CSS)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ def item_features(models, item: Item, objective: str, preset: Preset, num_tokens
 
     image = first_frame(item, preset)
     inputs = vlm_stage.build_inputs(models, image, "")
-    features = {"vision": video_stage.vision_tokens(models, image)[0], "vlm": vlm_stage.prefill_states(models, inputs)[0]}
+    features = {"vision": video_stage.vision_tokens(models, image)[0],
+                "vlm": vlm_stage.prefill_states(models, inputs)[0]}
     if objective == "distill":
         caption = item.caption or own_prediction(models, inputs)
         embeds, mask, _, _ = models.video.encode_prompt(

@@ -87,10 +87,10 @@ class ForesightPipeline:
             picture = load_image(image)
             if preset not in PRESETS:
                 raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+            mode, note = self._choose_mode(mode)
         except InputError as exc:
             yield event("error", run.now(), stage="input", message=str(exc), recoverable=True)
             return
-        mode, note = self._choose_mode(mode)
         seed = random.randrange(2**31) if seed is None else int(seed)
         frame = fit_to_preset(picture, PRESETS[preset])
         run_id = uuid.uuid4().hex[:12]
@@ -149,7 +149,7 @@ class ForesightPipeline:
             mode = available[0]
             return mode, self.models.bridge_note if mode == "text" else ""
         if requested not in ("fused", "text"):
-            raise ValueError(f"unknown mode {requested!r}: use fused or text")
+            raise InputError(f"Unknown mode {requested!r}; choose fused or text.")
         if requested in available:
             return requested, ""
         fallback = available[0]
@@ -223,12 +223,13 @@ class ForesightPipeline:
 
     def _render_with_retry(self, run: _Run, frame, preset: str, seed: int, conditioning: dict):
         """Render -> (frames, fps), None if stopped; on CUDA out-of-memory, once more at the next smaller preset."""
+        steps = self.models.settings.sampling.num_inference_steps
         while True:
             spec = PRESETS[preset]
             if (frame.width * frame.height) > spec.width * spec.height:
                 frame = fit_to_preset(frame, spec)
 
-            def on_preview(step: int, rgb, total=spec.num_frames, steps=self.models.settings.sampling.num_inference_steps):
+            def on_preview(step: int, rgb, total=spec.num_frames):
                 run.put("video_frame", frame_index=total - 1, total_frames=total, kind="preview", step=step,
                         num_steps=steps, data=run.jpeg(rgb))
 
@@ -244,6 +245,6 @@ class ForesightPipeline:
                 if smaller is None:
                     raise
                 torch.cuda.empty_cache()
-                run.put("error", stage="video", recoverable=True,
+                run.put("error", stage="video", recoverable=True, retry_preset=smaller,
                         message=f"Out of GPU memory at the {preset} preset; retrying at {smaller}.")
                 preset = smaller

@@ -19,9 +19,10 @@ DEFAULT_QUESTION = "What happens next?"
 
 def build_inputs(models, image: Image.Image, question: str):
     """Chat-template the image and question; tensors on the model's device."""
+    question = question.strip() or DEFAULT_QUESTION
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question.strip() or DEFAULT_QUESTION}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
     ]
     text = models.processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = models.processor(text=[text], images=[image], return_tensors="pt")

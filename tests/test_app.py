@@ -135,5 +135,55 @@ def test_in_a_real_browser(server):
         page.wait_for_function("document.querySelector('#status').innerText.includes('seed')", timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
         assert "mode" in page.inner_text("#status")
-        assert page.locator("#history img").count() >= 1, "the run joins the session's gallery"
+        page.wait_for_function("document.querySelectorAll('#history img').length == 1", timeout=30_000)
+        first_text = page.input_value("#reasoning textarea")
+        page.locator("#input-image input[type=file]").set_input_files(str(ROOT / "examples" / "rocket.jpg"))
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('#history img').length == 2", timeout=60_000)
+        assert page.input_value("#reasoning textarea") != first_text, "another image, another thought"
+        page.locator("#history img").nth(1).click()  # the older run: newest first
+        page.wait_for_function(f"document.querySelector('#reasoning textarea').value == {first_text!r}",
+                               timeout=30_000)
         browser.close()
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium")
+def test_a_failed_video_keeps_the_text_and_retry_renders_it(models, pipe, tmp_path):
+    """In-process app, so the failure can be injected into the real LTX transformer with a hook."""
+    import app
+    from playwright import sync_api as playwright
+
+    demo = app.build_demo(pipe, default_preset="fast")
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    failures = {"left": 1}
+
+    def fail_once(module, args, output):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("injected failure")
+
+    handle = models.video.transformer.register_forward_hook(fail_once)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}")
+            page.locator("#input-image input[type=file]").set_input_files(EXAMPLE)
+            page.wait_for_selector("#input-image img", timeout=30_000)
+            page.click("#generate")
+            page.wait_for_selector("#retry", state="visible", timeout=60_000)
+            assert "injected failure" in page.inner_text("#status")
+            text = page.input_value("#reasoning textarea")
+            assert text, "the text stays"
+            assert page.locator("#video video[src]").count() == 0
+            page.click("#retry")
+            page.wait_for_selector("#video video[src]", timeout=60_000)
+            page.wait_for_selector("#retry", state="hidden", timeout=30_000)
+            assert page.input_value("#reasoning textarea") == text
+            browser.close()
+    finally:
+        handle.remove()
+        demo.close()

@@ -90,3 +90,8 @@ def test_bad_input_is_an_error_event_before_any_model_runs(pipe, tmp_path):
 def test_unknown_preset_is_an_input_error(pipe, photo, tmp_path):
     events = run_events(pipe, photo, preset="ultra", out_dir=tmp_path)
     assert events[0]["type"] == "error" and "Unknown preset" in events[0]["message"]
+
+
+def test_unknown_mode_is_an_input_error(pipe, photo, tmp_path):
+    events = run_events(pipe, photo, mode="psychic", out_dir=tmp_path)
+    assert [ev["type"] for ev in events] == ["error"] and "Unknown mode" in events[0]["message"]

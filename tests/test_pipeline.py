@@ -103,7 +103,7 @@ def test_out_of_memory_retries_once_at_the_smaller_preset(models, pipe, photo, t
     finally:
         handle.remove()
     notice = [ev for ev in events if ev["type"] == "error"]
-    assert len(notice) == 1 and "retrying at fast" in notice[0]["message"]
+    assert len(notice) == 1 and notice[0]["retry_preset"] == "fast" and "retrying at fast" in notice[0]["message"]
     done = [ev for ev in events if ev["type"] == "video_complete"]
     assert done and done[0]["num_frames"] == 17  # the fast preset's clip
 
