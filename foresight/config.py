@@ -65,6 +65,11 @@ class Settings:
     hidden_layer: int = -3  # which VLM layer's prefill output feeds the bridge (HunyuanVideo's choice)
     # Load T5-XXL (9.5 GB) for `text` mode. Off, it is skipped whenever a bridge can run `fused` mode.
     text_mode: bool = True
+    # "static": a fixed-size KV cache, which transformers compiles on CUDA (the first call pays the
+    # compile, so the app's warm-up does); a candidate for the decode speed issue, to be measured on a
+    # GPU with `FORESIGHT_DECODE=static python -m foresight bench --profile random-full`.
+    decode: str = "dynamic"
+    static_cache_len: int = 2048  # one size for every call, so the compiled step is reused
 
 
 # Environment overrides of the model ids (full and random-full profiles). For the 13B distilled
@@ -101,7 +106,10 @@ def make_settings(profile: str | None = None, models_dir: str | Path | None = No
         device="cuda" if on_cuda else "cpu",
         dtype="bfloat16" if on_cuda else "float32",
         text_mode=os.environ.get("FORESIGHT_TEXT_MODE", "1") not in ("0", "false", "no"),
+        decode=os.environ.get("FORESIGHT_DECODE", "dynamic"),
     )
+    if settings.decode not in ("dynamic", "static"):
+        raise ValueError(f"FORESIGHT_DECODE={settings.decode!r}: use dynamic or static")
     if profile == "tiny":
         from foresight.tiny import ensure_tiny_models
 

@@ -82,10 +82,14 @@ def stream_reasoning(models, inputs, on_text: Callable[[str], None], stop: threa
                      capture: PrefillCapture | None = None, on_token: Callable[[], None] = lambda: None,
                      max_new_tokens: int | None = None) -> None:
     """Generate greedily, calling `on_text` with each chunk; `capture` receives the prefill states."""
+    settings = models.settings
+    cache = (dict(cache_implementation="static", max_cache_len=settings.static_cache_len)
+             if settings.decode == "static" else {})
     try:
         models.vlm.generate(
             **inputs,
-            max_new_tokens=max_new_tokens or models.settings.max_new_tokens,
+            **cache,
+            max_new_tokens=max_new_tokens or settings.max_new_tokens,
             do_sample=False,
             streamer=_ChunkStreamer(models.processor.tokenizer, on_text, on_token),
             stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),

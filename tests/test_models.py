@@ -38,3 +38,10 @@ def test_t5_loads_anyway_when_no_bridge_can_run(models, tmp_path):
     no_weights = dataclasses.replace(models.settings, text_mode=False, weights_dir=tmp_path)
     fallback = load_models(no_weights, log=lambda m: None)
     assert fallback.bridge is None and fallback.video.text_encoder is not None and fallback.modes == ["text"]
+
+
+def test_static_cache_decode_writes_the_same_text(models, photo, tmp_path):
+    static = dataclasses.replace(models, settings=dataclasses.replace(models.settings, decode="static"))
+    texts = [run_events(ForesightPipeline(m), photo, mode="fused", seed=1, out_dir=tmp_path)[-1]["text"]
+             for m in (models, static)]
+    assert texts[0] and texts[0] == texts[1]
