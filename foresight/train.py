@@ -19,6 +19,7 @@ import csv
 import math
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from foresight.bridge import Bridge, BridgeConfig, save_bridge
 from foresight.config import PRESETS
 from foresight.data import FeatureSet, collate, split
+from foresight.models import torch_dtype
 
 STATE_FILE, METRICS_FILE, PLOT_FILE = "state.pt", "metrics.csv", "loss.png"
 
@@ -148,12 +150,14 @@ class Trainer:
         self.step = 0
         for module in (models.vlm, models.vision, models.video.transformer):
             module.requires_grad_(False)
+        # The bridge keeps float32 weights; with bf16 base models its maths runs under bf16 autocast.
+        dtype = torch_dtype(models.settings)
+        self.autocast = torch.autocast(self.device, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
     def loss(self, ids: list[int], step: int) -> tuple[torch.Tensor, dict]:
         batch = {k: v.to(self.device) for k, v in collate([self.features[i] for i in ids]).items()}
         batch = {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda" else _nothing()
-        with autocast:
+        with self.autocast:
             if self.config.objective == "distill":
                 return distill_loss(self.bridge, batch)
             generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
@@ -242,14 +246,6 @@ class Trainer:
             if new:
                 writer.writeheader()
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -45,3 +45,40 @@ def test_static_cache_decode_writes_the_same_text(models, photo, tmp_path):
     texts = [run_events(ForesightPipeline(m), photo, mode="fused", seed=1, out_dir=tmp_path)[-1]["text"]
              for m in (models, static)]
     assert texts[0] and texts[0] == texts[1]
+
+
+def test_bf16_end_to_end_as_on_a_gpu(models, photo, tmp_path):
+    """The real profile runs in bf16: every dtype meeting point (bridge -> LTX, T5, VAE previews) is exercised."""
+    import torch
+
+    from foresight.data import FeatureSet
+    from foresight.train import Trainer, TrainConfig
+
+    bf16 = load_models(dataclasses.replace(models.settings, dtype="bfloat16"), log=lambda m: None)
+    for module in (bf16.vlm, bf16.vision, bf16.bridge, bf16.video.transformer, bf16.video.vae,
+                   bf16.video.text_encoder):
+        assert {p.dtype for p in module.parameters()} == {torch.bfloat16}
+    for mode in ("fused", "text"):
+        events = run_events(ForesightPipeline(bf16), photo, mode=mode, seed=1, out_dir=tmp_path)
+        assert "error" not in [ev["type"] for ev in events] and events[-1]["video_url"], mode
+    photo.save(tmp_path / "a.png")
+    photo.transpose(0).save(tmp_path / "b.png")
+    features = FeatureSet.build(bf16, tmp_path, "distill", preset="fast", num_tokens=8, folder=tmp_path / "f",
+                                log=lambda m: None)
+    rows = Trainer(bf16, features, tmp_path / "w", TrainConfig(steps=2, batch_size=1, val_every=2,
+                                                               val_fraction=0.5)).run(progress=False, log=print)
+    assert len(rows) == 2 and rows[-1]["val_loss"] is not None
+
+    import imageio.v2 as imageio
+    import numpy as np
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(2):
+        frames = [np.roll(np.asarray(photo), 8 * f + i, axis=1) for f in range(17)]
+        imageio.mimwrite(clips / f"c{i}.mp4", frames, fps=16, codec="libx264", macro_block_size=16)
+    features = FeatureSet.build(bf16, clips, "video", preset="fast", num_tokens=8, folder=tmp_path / "vf",
+                                log=lambda m: None)
+    rows = Trainer(bf16, features, tmp_path / "v", TrainConfig(objective="video", steps=2, batch_size=1, val_every=2,
+                                                               val_fraction=0.5)).run(progress=False, log=print)
+    assert all(np.isfinite(r["train_loss"]) for r in rows) and rows[-1]["val_loss"] is not None
