@@ -59,9 +59,7 @@ def load_models(settings: Settings, log: Callable[[str], None] = print,
         return out
 
     vlm_path = resolve(settings, ids.vlm)
-    # Qwen's vision tokens are capped by pixels: 512x512 -> 324 tokens.
-    pixel_bounds = {"shortest_edge": 28 * 28 * 4, "longest_edge": settings.vlm_max_pixels}
-    processor = step(f"processor {ids.vlm}", lambda: AutoProcessor.from_pretrained(vlm_path, size=pixel_bounds))
+    processor = step(f"processor {ids.vlm}", lambda: AutoProcessor.from_pretrained(vlm_path))
     vlm = step(f"VLM {ids.vlm}", lambda: Qwen2_5_VLForConditionalGeneration.from_pretrained(
         vlm_path, dtype=dtype, **common).to(device).eval())
 

@@ -105,8 +105,7 @@ def build_random_full_models(settings, log: Callable[[str], None] = print, load_
     tiny, _ = ensure_tiny_models()
     ids, device, dtype = settings.model_ids, settings.device, torch_dtype(settings)
     log("[foresight] random-full: building the full-size architectures with random weights")
-    pixel_bounds = {"shortest_edge": 28 * 28 * 4, "longest_edge": settings.vlm_max_pixels}
-    processor = AutoProcessor.from_pretrained(tiny / ids.vlm, size=pixel_bounds)
+    processor = AutoProcessor.from_pretrained(tiny / ids.vlm)
     vlm = build_vlm(processor.tokenizer, device, dtype)
     with _building(device, dtype):
         vision = Dinov2Model(Dinov2Config(**DINOV2_LARGE)).eval()

@@ -16,7 +16,7 @@ import torch
 
 from foresight.config import ModelIds, cache_dir
 
-TINY_VERSION = 5  # bump when the layouts below change, so stale caches are rebuilt
+TINY_VERSION = 7  # bump when the layouts below change, so stale caches are rebuilt
 IDS = ModelIds()
 
 # Qwen's special tokens, in the real tokenizer's order.
@@ -96,10 +96,7 @@ def _qwen_tokenizer():
 
 
 def write_tiny_qwen(path: Path) -> None:
-    from transformers import (
-        Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor,
-    )
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tokenizer = _qwen_tokenizer()
     token_id = tokenizer.convert_tokens_to_ids
@@ -123,12 +120,15 @@ def write_tiny_qwen(path: Path) -> None:
     model.generation_config.eos_token_id = [token_id("<|im_end|>"), token_id("<|endoftext|>")]
     model.generation_config.pad_token_id = token_id("<|endoftext|>")
     model.save_pretrained(path, safe_serialization=True)
-    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=56 * 56)
-    processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    # The hub repo's older processor layout: a preprocessor_config.json whose min/max_pixels
+    # override any `size` given to from_pretrained (so the app caps pixels per call instead).
+    (path / "preprocessor_config.json").write_text(json.dumps({
+        "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+    }, indent=2))
+    (path / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_CHAT_TEMPLATE}))
 
 
 def write_tiny_dinov2(path: Path) -> None:
@@ -164,7 +164,7 @@ def _t5(path_tokenizer_words=_CORPUS):
 def write_tiny_ltx(folder: Path, single_file: Path) -> None:
     """A diffusers LTX image-to-video folder plus the transformer as an original-format single file."""
     from diffusers import (
-        AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline, LTXVideoTransformer3DModel,
+        AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel,
     )
     from safetensors.torch import save_file
 
@@ -198,7 +198,9 @@ def write_tiny_ltx(folder: Path, single_file: Path) -> None:
         base_image_seq_len=1024, base_shift=0.95, max_image_seq_len=4096, max_shift=2.05,
         shift_terminal=0.1, use_dynamic_shifting=True, time_shift_type="exponential",
     )
-    pipe = LTXImageToVideoPipeline(
+    # Saved as the hub repos are, under another pipeline class (LTXPipeline); the app loads it
+    # as LTXImageToVideoPipeline, which shares the components.
+    pipe = LTXPipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
     )
     pipe.save_pretrained(folder, safe_serialization=True)

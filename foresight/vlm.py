@@ -25,7 +25,10 @@ def build_inputs(models, image: Image.Image, question: str):
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
     ]
     text = models.processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = models.processor(text=[text], images=[image], return_tensors="pt")
+    # Qwen's vision tokens are capped by pixels (512x512 -> 324 tokens), per call: the hub repo's
+    # preprocessor_config.json min/max_pixels would override a `size` given at load time.
+    pixel_bounds = {"shortest_edge": 28 * 28 * 4, "longest_edge": models.settings.vlm_max_pixels}
+    inputs = models.processor(text=[text], images=[image], size=pixel_bounds, return_tensors="pt")
     return inputs.to(models.vlm.device)
 
 

@@ -82,3 +82,15 @@ def test_bf16_end_to_end_as_on_a_gpu(models, photo, tmp_path):
     rows = Trainer(bf16, features, tmp_path / "v", TrainConfig(objective="video", steps=2, batch_size=1, val_every=2,
                                                                val_fraction=0.5)).run(progress=False, log=print)
     assert all(np.isfinite(r["train_loss"]) for r in rows) and rows[-1]["val_loss"] is not None
+
+
+def test_vision_tokens_are_capped_whatever_the_repo_config_says(models):
+    from PIL import Image
+
+    from foresight import vlm as vlm_stage
+
+    config = (models.settings.models_dir / models.settings.model_ids.vlm / "preprocessor_config.json").read_text()
+    assert '"max_pixels": 12845056' in config  # the hub repo's own value, far above the cap
+    capped = dataclasses.replace(models, settings=dataclasses.replace(models.settings, vlm_max_pixels=512 * 512))
+    inputs = vlm_stage.build_inputs(capped, Image.new("RGB", (1024, 1024)), "")
+    assert inputs["image_grid_thw"].tolist() == [[1, 36, 36]]  # 324 tokens after the 2x2 merge
