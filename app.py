@@ -16,11 +16,12 @@ import threading
 import time
 from pathlib import Path
 
-import gradio as gr
-from PIL import Image, UnidentifiedImageError
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio loads: no telemetry unless asked
+import gradio as gr  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from foresight.config import PRESETS
-from foresight.events import decode_frame
+from foresight.config import PRESETS  # noqa: E402
+from foresight.events import decode_frame  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 OUTPUT_DIR = Path(os.environ.get("FORESIGHT_OUTPUTS", Path(tempfile.gettempdir()) / "foresight-outputs"))
@@ -118,10 +119,15 @@ def build_demo(pipe, default_preset: str = "default", banner: str = "") -> gr.Bl
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     modes = pipe.models.modes
 
+    def refuse(message: str):
+        """Record the refusal for the status line, then show it (gr.Error ends the event)."""
+        yield gr.skip(), gr.skip(), gr.skip(), {"error": message}
+        raise gr.Error(message)
+
     def run_stream(image, prompt, preset, mode, seed, reasoning=None):
         """Pipeline events -> (text, preview, video, record) updates; raises gr.Error for bad input."""
         if image is None:
-            raise gr.Error("Please add an image first (upload, webcam or paste).")
+            yield from refuse("Please add an image first (upload, webcam or paste).")
         text, record, last_preview, video_path = "", {}, None, None
         events = pipe(image, prompt=prompt or "", preset=preset, mode=None if mode == "auto" else mode,
                       seed=seed, out_dir=OUTPUT_DIR, reasoning=reasoning)
@@ -140,7 +146,7 @@ def build_demo(pipe, default_preset: str = "default", banner: str = "") -> gr.Bl
                     video_path = ev["video_url"]
                     yield gr.skip(), gr.skip(), video_path, gr.skip()
                 elif kind == "error" and ev["stage"] == "input":
-                    raise gr.Error(ev["message"])
+                    yield from refuse(ev["message"])
                 elif kind == "error":
                     gr.Warning(ev["message"])
                     if ev["stage"] == "video" and not ev.get("retry_preset"):
@@ -169,11 +175,15 @@ def build_demo(pipe, default_preset: str = "default", banner: str = "") -> gr.Bl
             yield preview, video, new_record
 
     def begin():
-        return "", None, None, "Thinking…", gr.update(visible=False)
+        """Clear the last run and lock Generate until this one ends (a second click would queue behind it)."""
+        return "", None, None, "Thinking…", gr.update(visible=False), {}, gr.update(interactive=False)
 
     def finish(image, record, history):
-        if not record:
-            return gr.skip(), history, gr.skip(), gr.skip(), gr.skip()
+        unlock = gr.update(interactive=True)
+        if not record:  # stopped: the Stop button has said so
+            return gr.skip(), history, gr.skip(), gr.skip(), gr.skip(), unlock
+        if record.get("error"):
+            return f"⚠️ {record['error']}", history, gr.skip(), gr.skip(), gr.skip(), unlock
         if record.get("video") and image is not None:
             thumb = OUTPUT_DIR / f"{record['run_id']}.jpg"
             try:
@@ -185,7 +195,7 @@ def build_demo(pipe, default_preset: str = "default", banner: str = "") -> gr.Bl
         history = [h for h in history if Path(h["video"]).exists()]
         gallery = [(h["thumb"], h["text"][:60]) for h in history]
         retry = gr.update(visible=bool(record.get("video_error")))
-        return status_line(record), history, gallery, retry, record["seed"]
+        return status_line(record), history, gallery, retry, record["seed"], unlock
 
     def show_history(history, evt: gr.SelectData):
         item = history[evt.index]
@@ -231,20 +241,24 @@ def build_demo(pipe, default_preset: str = "default", banner: str = "") -> gr.Bl
                                      elem_id="history", allow_preview=False)
 
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
-        run = generate.click(begin, outputs=[reasoning, preview, video, status, retry], queue=False,
-                             api_visibility="private")
+        run = generate.click(begin, outputs=[reasoning, preview, video, status, retry, record_state, generate],
+                             queue=False, api_visibility="private")
         run = run.then(predict, inputs=[image, prompt, preset, mode, seed, randomize],
                        outputs=[reasoning, preview, video, record_state], api_name="predict",
                        show_progress_on=[reasoning], **gpu_queue)
-        run.then(finish, inputs=[image, record_state, history_state],
-                 outputs=[status, history_state, gallery, retry, seed], api_visibility="private")
+        # `.then` follows a run that ended or was stopped, `.failure` one that raised (a refused input);
+        # Gradio runs exactly one of them.
+        finished = dict(fn=finish, inputs=[image, record_state, history_state],
+                        outputs=[status, history_state, gallery, retry, seed, generate], api_visibility="private")
+        run.then(**finished)
+        run.failure(**finished)
         again = retry.click(retry_video, inputs=[image, prompt, preset, mode, record_state],
                             outputs=[preview, video, record_state], api_name="retry_video",
                             show_progress_on=[preview], **gpu_queue)
-        again.then(finish, inputs=[image, record_state, history_state],
-                   outputs=[status, history_state, gallery, retry, seed], api_visibility="private")
-        stop.click(lambda: "Stopped.", outputs=[status], cancels=[run, again], queue=False,
-                   api_visibility="private")
+        again.then(**finished)
+        again.failure(**finished)
+        stop.click(lambda: ("Stopped.", gr.update(interactive=True)), outputs=[status, generate], cancels=[run, again],
+                   queue=False, api_visibility="private")
         gallery.select(show_history, inputs=[history_state], outputs=[reasoning, video, status],
                        api_visibility="private")
     return demo

@@ -126,6 +126,15 @@ def test_in_a_real_browser(server):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(server["url"])
         assert "Bridge: fused weights tiny-random loaded" in page.inner_text("#banner")
+        page.click("#generate")  # no image yet
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Please add an image')",
+                               timeout=30_000)
+        page.locator("#input-image input[type=file]").set_input_files(
+            files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\n" + b"junk" * 50}])
+        page.click("#generate")
+        page.wait_for_function("document.querySelector('#status').innerText.includes('could not be read')",
+                               timeout=30_000)
+        page.locator("#input-image button[aria-label='Remove Image']").click()
         page.locator("#input-image input[type=file]").set_input_files(EXAMPLE)
         page.wait_for_selector("#input-image img", timeout=30_000)
         page.click("#generate")
@@ -144,6 +153,16 @@ def test_in_a_real_browser(server):
         page.locator("#history img").nth(1).click()  # the older run: newest first
         page.wait_for_function(f"document.querySelector('#reasoning textarea').value == {first_text!r}",
                                timeout=30_000)
+        page.click("#preset label:has-text('high')")  # a long run, to stop
+        page.click("#generate")
+        assert page.locator("#generate").is_disabled(), "one run at a time from a page"
+        page.wait_for_function("document.querySelector('#reasoning textarea').value.length > 0", timeout=60_000)
+        page.click("#stop")
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Stopped.')", timeout=10_000)
+        assert page.locator("#generate").is_enabled()
+        page.wait_for_timeout(3000)  # a stopped run neither finishes nor writes over the status later
+        assert page.inner_text("#status").strip() == "Stopped."
+        assert page.locator("#video video[src]").count() == 0
         browser.close()
 
 
