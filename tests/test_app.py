@@ -155,11 +155,11 @@ def test_in_a_real_browser(server):
                                timeout=30_000)
         page.click("#preset label:has-text('high')")  # a long run, to stop
         page.click("#generate")
-        assert page.locator("#generate").is_disabled(), "one run at a time from a page"
+        page.wait_for_function("document.querySelector('#generate').disabled", timeout=10_000)  # one run at a time
         page.wait_for_function("document.querySelector('#reasoning textarea').value.length > 0", timeout=60_000)
         page.click("#stop")
         page.wait_for_function("document.querySelector('#status').innerText.includes('Stopped.')", timeout=10_000)
-        assert page.locator("#generate").is_enabled()
+        page.wait_for_function("!document.querySelector('#generate').disabled", timeout=10_000)
         page.wait_for_timeout(3000)  # a stopped run neither finishes nor writes over the status later
         assert page.inner_text("#status").strip() == "Stopped."
         assert page.locator("#video video[src]").count() == 0
