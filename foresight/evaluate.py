@@ -7,6 +7,7 @@ this bridge, side by side, one row per held-out image, same seed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from foresight.bridge import load_bridge
+from foresight.bridge import Bridge, BridgeError, load_bridge
 from foresight.config import PRESETS
 from foresight.data import FeatureSet, first_frame, list_items, split
 from foresight.events import decode_frame
@@ -24,9 +25,8 @@ from foresight.train import Trainer, TrainConfig
 CELL = 192
 
 
-def held_out_metrics(models, features: FeatureSet, bridge_dir: Path, config: TrainConfig) -> dict:
+def held_out_metrics(models, features: FeatureSet, bridge: Bridge, config: TrainConfig) -> dict:
     """The training split's held-out items, scored exactly as training validates."""
-    bridge = load_bridge(bridge_dir)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(models, features, scratch, config, bridge_config=bridge.config)
         trainer.bridge.load_state_dict(bridge.state_dict())
@@ -43,18 +43,18 @@ def final_frame(pipe, image, mode: str, seed: int, preset: str) -> Image.Image:
     return decode_frame(frames[-1])
 
 
-def comparison_grid(models, bridge_dir: Path, images: list[Image.Image], out: Path, seed: int = 0,
+def comparison_grid(models, bridge: Bridge, name: str, images: list[Image.Image], out: Path, seed: int = 0,
                     preset: str = "fast") -> Path:
     """Rows: input | text mode | fused mode (this bridge). The video's last frame, same seed for both."""
     from foresight.pipeline import ForesightPipeline
 
     device, dtype = models.settings.device, next(models.vision.parameters()).dtype
-    fused_models = dataclasses.replace(models, bridge=load_bridge(bridge_dir).to(device, dtype).eval())
-    pipe = ForesightPipeline(fused_models)
+    fused = copy.deepcopy(bridge).to(device, dtype).eval()
+    pipe = ForesightPipeline(dataclasses.replace(models, bridge=fused))
     header = 24
     grid = Image.new("RGB", (3 * CELL, header + len(images) * CELL), "white")
     draw = ImageDraw.Draw(grid)
-    for col, title in enumerate(["input", "text mode", f"fused: {bridge_dir.name}"]):
+    for col, title in enumerate(["input", "text mode", f"fused: {name}"]):
         draw.text((col * CELL + 6, 6), title, fill="black")
     for row, image in enumerate(images):
         cells = [image, final_frame(pipe, image, "text", seed, preset), final_frame(pipe, image, "fused", seed, preset)]
@@ -73,16 +73,21 @@ def eval_command(args) -> int:
     models = load_models(settings, log=lambda m: None)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731 - stdout carries the JSON report
     bridge_dir = Path(args.weights)
-    bridge = load_bridge(bridge_dir, expected_base_models=base_models(settings))  # refuses a mismatch, clearly
+    try:
+        bridge = load_bridge(bridge_dir, expected_base_models=base_models(settings))
+    except BridgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     config = TrainConfig(objective=args.objective, preset=args.preset, val_fraction=args.val_fraction)
     features = FeatureSet.build(models, args.data, args.objective, preset=args.preset,
                                 num_tokens=bridge.config.num_tokens, captions_file=args.captions, log=log)
-    report = held_out_metrics(models, features, bridge_dir, config)
+    report = held_out_metrics(models, features, bridge, config)
     _, val_ids = split(features.names, args.val_fraction)
     items = {item.path.name: item for item in list_items(args.data, args.objective, args.captions)}
     images = [first_frame(items[features.names[i]], PRESETS[args.preset]) for i in val_ids[:args.grid_images]]
     if images and models.video.text_encoder is not None:
-        report["grid"] = str(comparison_grid(models, bridge_dir, images, Path(args.grid), preset=args.preset))
+        report["grid"] = str(comparison_grid(models, bridge, bridge_dir.name, images, Path(args.grid),
+                                             preset=args.preset))
     print(json.dumps(report, indent=2))
     return 0
 

@@ -109,7 +109,7 @@ def test_the_checkpoint_plugs_into_the_pipeline_and_changes_fused_output(models,
     assert last_frame(dataclasses.replace(models, bridge=bridge)) != last_frame(models)
 
 
-def test_a_checkpoint_for_other_base_models_is_refused(models, trained, tmp_path):
+def test_a_checkpoint_for_other_base_models_is_refused(models, trained, tmp_path, capsys):
     out, _ = trained
     other = tmp_path / "weights" / "other"
     other.mkdir(parents=True)
@@ -121,6 +121,10 @@ def test_a_checkpoint_for_other_base_models_is_refused(models, trained, tmp_path
         load_bridge(other, expected_base_models=base_models(models.settings))
     folder, note = find_bridge_checkpoint(dataclasses.replace(models.settings, weights_dir=other.parent))
     assert folder is None and "matches the running base models" in note
+    from foresight.__main__ import main
+
+    assert main(["eval-bridge", "--weights", str(other), "--data", str(tmp_path), "--profile", "tiny"]) == 2
+    assert "trained on 'someone/other-vlm'" in capsys.readouterr().err
 
 
 def test_video_objective_trains_through_the_frozen_transformer(models, clip_set, tmp_path):
