@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(defaults, name)
         train.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     train.add_argument("--preset", choices=list(PRESETS), default=defaults.preset,
-                       help="the size items are cropped to (and, for video, the clip length)")
+                       help="images are fitted to it as in the app; clips are cropped to its square and length")
 
     evaluate = commands.add_parser("eval-bridge", help="held-out loss and a text-vs-fused preview grid")
     evaluate.add_argument("--weights", required=True, help="a bridge checkpoint folder")

@@ -27,7 +27,7 @@ from foresight.config import PRESETS, Preset, cache_dir
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv"}
 SHARD_SIZE = 64
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -80,14 +80,18 @@ def read_clip(path: Path, preset: Preset) -> np.ndarray:
     return np.stack(frames)
 
 
-def first_frame(item: Item, preset: Preset) -> Image.Image:
+def first_frame(item: Item, preset: Preset, crop_square: bool) -> Image.Image:
+    """The item's image as the models see it: fitted to the preset as in the app, or cropped to the
+    preset's square when it must line up with the clip's latents (video objective)."""
+    from foresight.inputs import fit_to_preset, load_image
+
     if item.path.suffix.lower() in VIDEO_SUFFIXES:
         import imageio.v3 as iio
 
-        return square(Image.fromarray(next(iter(iio.imiter(item.path, plugin="FFMPEG")))), preset)
-    from foresight.inputs import load_image
-
-    return square(load_image(item.path), preset)
+        image = Image.fromarray(next(iter(iio.imiter(item.path, plugin="FFMPEG"))))
+    else:
+        image = load_image(item.path)
+    return square(image, preset) if crop_square else fit_to_preset(image, preset)
 
 
 @torch.inference_mode()
@@ -95,7 +99,7 @@ def item_features(models, item: Item, objective: str, preset: Preset, num_tokens
     from foresight import video as video_stage
     from foresight import vlm as vlm_stage
 
-    image = first_frame(item, preset)
+    image = first_frame(item, preset, crop_square=objective == "video")
     inputs = vlm_stage.build_inputs(models, image, "")
     features = {"vision": video_stage.vision_tokens(models, image)[0],
                 "vlm": vlm_stage.prefill_states(models, inputs)[0]}

@@ -84,7 +84,8 @@ def eval_command(args) -> int:
     report = held_out_metrics(models, features, bridge, config)
     _, val_ids = split(features.names, args.val_fraction)
     items = {item.path.name: item for item in list_items(args.data, args.objective, args.captions)}
-    images = [first_frame(items[features.names[i]], PRESETS[args.preset]) for i in val_ids[:args.grid_images]]
+    images = [first_frame(items[features.names[i]], PRESETS[args.preset], crop_square=False)
+              for i in val_ids[:args.grid_images]]
     if images and models.video.text_encoder is not None:
         report["grid"] = str(comparison_grid(models, bridge, bridge_dir.name, images, Path(args.grid),
                                              preset=args.preset))
