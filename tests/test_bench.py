@@ -16,7 +16,8 @@ def test_bench_measures_the_timeline_through_the_pipeline(pipe, photo, tmp_path)
     for key in ("ttft", "first_frame", "video_ready", "tok_s_alone", "mp4_write", "overhead_share"):
         assert fast[key]["n"] == 2 and fast[key]["min"] <= fast[key]["median"] <= fast[key]["max"], key
     assert fast["ttft"]["median"] < fast["video_ready"]["median"]
-    assert fast["peak_gib"] is None  # no GPU here
+    if not torch.cuda.is_available():
+        assert fast["peak_gib"] is None
     table = format_table(results)
     assert all(label in table for _, label, _ in METRICS)
     json.dumps(results)
