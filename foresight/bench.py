@@ -9,6 +9,7 @@ previews and frames, mp4 writing) as a share of the run, and peak GPU memory.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -110,8 +111,6 @@ def format_table(results: dict) -> str:
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    import os
-
     return f"CPU only ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), torch {torch.__version__}"
 
 

@@ -54,6 +54,13 @@ def client(server):
     return Client(server["url"], verbose=False)
 
 
+def launch_chromium(playwright):
+    """Debian's chromium, headless, with nothing reaching out of this machine."""
+    return playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+
+
 def submit(client, image=EXAMPLE, prompt="What happens next?", preset="fast"):
     return client.submit(handle_file(image), prompt, preset, api_name="/predict")
 
@@ -120,9 +127,7 @@ def test_in_a_real_browser(server):
     from playwright import sync_api as playwright
     ARTIFACTS.mkdir(exist_ok=True)
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(server["url"])
         assert "Bridge: fused weights tiny-random loaded" in page.inner_text("#banner")
@@ -185,9 +190,7 @@ def test_a_failed_video_keeps_the_text_and_retry_renders_it(models, pipe, tmp_pa
     handle = models.video.transformer.register_forward_hook(fail_once)
     try:
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}")
             page.locator("#input-image input[type=file]").set_input_files(EXAMPLE)
