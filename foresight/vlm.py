@@ -114,11 +114,12 @@ def prefill_states(models, inputs) -> torch.Tensor:
 
 
 def prediction_line(text: str) -> str | None:
-    """The one-line prediction, once its line is complete: 'Next: X' -> 'X'."""
+    """The one-line prediction, once its line is complete: 'Next: X' (or '**Next:** X') -> 'X'."""
     if "\n" not in text.lstrip():
         return None
     line = text.strip().splitlines()[0].strip()
-    for prefix in ("next:", "next -", "next"):
-        if line.lower().startswith(prefix):
-            return line[len(prefix):].strip() or line
-    return line
+    bare = line.replace("*", "").replace("_", "").lstrip("# ").strip()
+    for prefix in ("next:", "next -", "next –", "next —"):
+        if bare.lower().startswith(prefix):
+            return bare[len(prefix):].strip() or line
+    return bare or line

@@ -136,3 +136,17 @@ def test_video_only_retry_reuses_the_text(pipe, photo, tmp_path):
     assert "text_chunk" not in types(events)
     assert "video_complete" in types(events)
     assert events[-1]["text"] == text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Next: the cup tips over.\nBecause it leans.", "the cup tips over."),
+    ("**Next:** the cup tips over.\nBecause", "the cup tips over."),
+    ("## Next - the bird flies off\n", "the bird flies off"),
+    ("The ball rolls away.\nIt is on a slope.", "The ball rolls away."),
+    ("Next: still writing the first line", None),
+    ("Nextdoor's cat jumps.\n", "Nextdoor's cat jumps."),
+])
+def test_the_prediction_is_the_first_complete_line(text, expected):
+    from foresight.vlm import prediction_line
+
+    assert prediction_line(text) == expected
