@@ -99,7 +99,11 @@ def item_features(models, item: Item, objective: str, preset: Preset, num_tokens
     from foresight import video as video_stage
     from foresight import vlm as vlm_stage
 
-    image = first_frame(item, preset, crop_square=objective == "video")
+    if objective == "video":  # the condition image is the clip's own first (square-cropped) frame
+        clip = read_clip(item.path, preset)
+        image = Image.fromarray(clip[0])
+    else:
+        image = first_frame(item, preset, crop_square=False)
     inputs = vlm_stage.build_inputs(models, image, "")
     features = {"vision": video_stage.vision_tokens(models, image)[0],
                 "vlm": vlm_stage.prefill_states(models, inputs)[0]}
@@ -109,7 +113,7 @@ def item_features(models, item: Item, objective: str, preset: Preset, num_tokens
             caption, do_classifier_free_guidance=False, max_sequence_length=num_tokens, device=models.video.device)
         features.update(target=embeds[0], target_mask=mask[0].to(torch.uint8))
     else:
-        features["latents"] = clip_latents(models.video, read_clip(item.path, preset))
+        features["latents"] = clip_latents(models.video, clip)
     return {k: v.detach().to("cpu", torch.bfloat16 if v.is_floating_point() else v.dtype).contiguous()
             for k, v in features.items()}
 
