@@ -100,10 +100,11 @@ def build_random_full_models(settings, log: Callable[[str], None] = print, load_
     from transformers import AutoImageProcessor, AutoProcessor, Dinov2Config, Dinov2Model
 
     from foresight.models import Models, base_models, torch_dtype
-    from foresight.tiny import ensure_tiny_models
+    from foresight.tiny import IDS, ensure_tiny_models
 
     tiny, _ = ensure_tiny_models()
-    ids, device, dtype = settings.model_ids, settings.device, torch_dtype(settings)
+    ids = IDS  # the small files live under the tiny profile's (default) ids, whatever ids are configured
+    device, dtype = settings.device, torch_dtype(settings)
     log("[foresight] random-full: building the full-size architectures with random weights")
     processor = AutoProcessor.from_pretrained(tiny / ids.vlm)
     vlm = build_vlm(processor.tokenizer, device, dtype)
