@@ -13,7 +13,6 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -52,16 +51,9 @@ def run_metrics(events: list[dict]) -> dict:
     return metrics
 
 
-def text_alone(pipe, image) -> float:
-    """Decode speed with no video: the same streaming call the pipeline makes, on its own."""
-    from foresight import vlm as vlm_stage
-    from foresight.inputs import fit_to_preset, load_image
-
-    frame = fit_to_preset(load_image(image), PRESETS["default"])
-    inputs = vlm_stage.build_inputs(pipe.models, frame, "")
-    times: list[float] = []
-    vlm_stage.stream_reasoning(pipe.models, inputs, lambda text: None, threading.Event(),
-                               on_token=lambda: times.append(time.perf_counter()))
+def text_alone(pipe, image, preset: str) -> float:
+    """Decode speed with no video: the same pipeline run (same worker thread), without the renderer."""
+    times = list(pipe(image, preset=preset, seed=0, video=False))[-1]["token_times"]
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
 
 
@@ -78,7 +70,7 @@ def bench(pipe, presets: list[str], runs: int, mode: str | None = None, image=EX
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                 metrics = run_metrics(list(pipe(image, preset=preset, mode=mode, seed=seed, out_dir=scratch)))
-                metrics["tok_s_alone"] = text_alone(pipe, image)
+                metrics["tok_s_alone"] = text_alone(pipe, image, preset)
                 metrics["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
                 samples.append(metrics)
             results[preset] = summarize(samples)

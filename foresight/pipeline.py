@@ -4,11 +4,13 @@
     for ev in pipe("cat.jpg", prompt="What will the cat do?", preset="fast"):
         ...
 
-Two worker threads feed one queue: the thinker (Qwen prefill, then streamed decode) and the
-renderer (bridge or T5 conditioning, LTX steps with previews, frames, mp4). The renderer starts
-once the prefill has produced the first token, so the first token never waits for the video.
-The generator yields the queue's events as they come; closing it (Stop, a dropped client) stops
-both workers at their next token or denoising step.
+Two long-lived worker threads feed one queue per run: the thinker (Qwen prefill, then streamed
+decode) and the renderer (bridge or T5 conditioning, LTX steps with previews, frames, mp4). The
+renderer starts once the prefill has produced the first token, so the first token never waits for
+the video. The workers live as long as the pipeline, not one run: CUDA graphs of a compiled decode
+step are recorded per thread (torch's cudagraph trees keep thread-local state), so a fresh thread
+per run would record them again every time. The generator yields the queue's events as they come;
+closing it (Stop, a dropped client) stops both workers at their next token or denoising step.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import random
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -74,14 +76,20 @@ class _Run:
 class ForesightPipeline:
     def __init__(self, models):
         self.models = models
+        self._thinker = ThreadPoolExecutor(1, thread_name_prefix="foresight-think")
+        self._renderer = ThreadPoolExecutor(1, thread_name_prefix="foresight-render")
 
     def default_mode(self) -> str:
         return self.models.modes[0]
 
     def __call__(self, image, prompt: str = "", preset: str = "default", mode: str | None = None,
                  seed: int | None = None, out_dir: str | Path = "outputs", stop: threading.Event | None = None,
-                 reasoning: str | None = None) -> Iterator[dict]:
-        """Yield the run's events. `reasoning`: re-render the video for this existing text, without the VLM stream."""
+                 reasoning: str | None = None, video: bool = True) -> Iterator[dict]:
+        """Yield the run's events.
+
+        `reasoning`: re-render the video for this existing text, without the VLM stream.
+        `video=False`: the reasoning alone, no video (the benchmark's "text alone").
+        """
         run = _Run(time.perf_counter(), stop or threading.Event())
         try:
             picture = load_image(image)
@@ -99,27 +107,23 @@ class ForesightPipeline:
                     width=frame.width, height=frame.height, num_frames=spec.num_frames, fps=spec.fps, seed=seed,
                     note=note)
 
-        inputs = vlm_stage.build_inputs(self.models, frame, prompt)
         if reasoning is None:
-            if mode == "fused":
+            if mode == "fused" and video:
                 run.capture = vlm_stage.PrefillCapture(self.models.vlm, self.models.settings.hidden_layer)
-            thinker = threading.Thread(target=self._think, args=(run, inputs), daemon=True, name="foresight-think")
+            work = [self._thinker.submit(self._think, run, frame, prompt)]
         else:
             run.text.append(reasoning)
             run.prediction = vlm_stage.prediction_line(reasoning + "\n")
-            thinker = None
+            work = []
             for flag in (run.first_token, run.prediction_ready, run.text_done):
                 flag.set()
-        renderer = threading.Thread(target=self._render, args=(run, frame, inputs, preset, mode, seed,
-                                                               Path(out_dir) / f"{run_id}.mp4"),
-                                    daemon=True, name="foresight-render")
-        workers = [w for w in (thinker, renderer) if w is not None]
+        if video:
+            work.append(self._renderer.submit(self._render, run, frame, prompt, preset, mode, seed,
+                                              Path(out_dir) / f"{run_id}.mp4"))
         timings: dict[str, float | None] = {"ttft": None, "first_frame": None, "video_ready": None}
         video_url = None
         try:
-            for worker in workers:
-                worker.start()
-            while any(w.is_alive() for w in workers) or not run.events.empty():
+            while not all(job.done() for job in work) or not run.events.empty():
                 try:
                     ev = run.events.get(timeout=0.05)
                 except queue.Empty:
@@ -137,9 +141,7 @@ class ForesightPipeline:
                         overhead_s={k: round(v, 4) for k, v in run.seconds.items()})
         finally:  # also on Stop / a closed client: end both workers at their next step
             run.stop.set()
-            for worker in workers:
-                if worker.is_alive():
-                    worker.join()
+            wait(work)
             if run.capture is not None:
                 run.capture.remove()
 
@@ -156,7 +158,7 @@ class ForesightPipeline:
         why = self.models.bridge_note if requested == "fused" else "T5 is not loaded"
         return fallback, f"{requested} mode is unavailable ({why}); ran {fallback} mode instead"
 
-    def _think(self, run: _Run, inputs) -> None:
+    def _think(self, run: _Run, frame, prompt: str) -> None:
         def on_token() -> None:
             run.token_times.append(run.now())
             run.first_token.set()
@@ -170,6 +172,7 @@ class ForesightPipeline:
                     self._set_prediction(run, line)
 
         try:
+            inputs = vlm_stage.build_inputs(self.models, frame, prompt)
             vlm_stage.stream_reasoning(self.models, inputs, on_text, run.stop, capture=run.capture, on_token=on_token)
         except Exception as exc:  # noqa: BLE001 - any failure becomes an event; the video may still run
             run.put("error", stage="text", message=f"The reasoning stopped early: {exc}", recoverable=True)
@@ -184,7 +187,7 @@ class ForesightPipeline:
         run.prediction = line or text[:FALLBACK_PREDICTION_CHARS] or "The scene continues naturally."
         run.prediction_ready.set()
 
-    def _render(self, run: _Run, frame, inputs, preset: str, mode: str, seed: int, mp4_path: Path) -> None:
+    def _render(self, run: _Run, frame, prompt: str, preset: str, mode: str, seed: int, mp4_path: Path) -> None:
         models = self.models
         try:
             if mode == "fused":
@@ -192,7 +195,7 @@ class ForesightPipeline:
                     if run.stop.is_set():
                         return
                 states = run.capture.states if run.capture and run.capture.states is not None \
-                    else vlm_stage.prefill_states(models, inputs)
+                    else vlm_stage.prefill_states(models, vlm_stage.build_inputs(models, frame, prompt))
                 embeds, mask = video_stage.fused_conditioning(models, frame, states)
                 conditioning = dict(prompt_embeds=embeds, prompt_attention_mask=mask)
             else:

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import threading
+import time
 
 import imageio.v3 as iio
 import numpy as np
@@ -121,13 +122,55 @@ def test_stop_ends_the_run_without_a_video(pipe, photo, tmp_path):
     assert len(previews) < 4  # stopped at the next denoising step, not after all of them
 
 
-def test_closing_the_stream_early_stops_the_workers(pipe, photo, tmp_path):
-    stream = pipe(photo, preset="fast", seed=1, out_dir=tmp_path)
-    assert next(stream)["type"] == "thinking_start"
-    next(stream)
-    stream.close()  # what Gradio does on Stop
-    names = [t.name for t in threading.enumerate()]
-    assert "foresight-think" not in names and "foresight-render" not in names
+def test_closing_the_stream_early_stops_the_workers(models, pipe, photo, tmp_path):
+    calls = {"vlm": 0, "ltx": 0}
+
+    def count(name):
+        def hook(module, args, output):
+            calls[name] += 1
+        return hook
+
+    hooks = [models.vlm.register_forward_hook(count("vlm")),
+             models.video.transformer.register_forward_hook(count("ltx"))]
+    try:
+        stream = pipe(photo, preset="fast", seed=1, out_dir=tmp_path)
+        assert next(stream)["type"] == "thinking_start"
+        next(stream)
+        stream.close()  # what Gradio does on Stop: returns once both workers have stopped
+        seen = dict(calls)
+        time.sleep(0.3)
+        assert calls == seen, "no model runs after the stream is closed"
+        assert calls["vlm"] < models.settings.max_new_tokens
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_runs_share_two_long_lived_workers(pipe, photo, tmp_path):
+    """Compiled decode steps record CUDA graphs per thread: every run must use the same threads."""
+    names = set()
+    for seed in range(3):
+        run_events(pipe, photo, seed=seed, out_dir=tmp_path)
+        names.add(frozenset(t.ident for t in threading.enumerate() if t.name.startswith("foresight-")))
+    assert len(names) == 1 and len(next(iter(names))) == 2
+
+
+def test_two_overlapping_runs_both_complete(pipe, photo, tmp_path):
+    first, second = pipe(photo, preset="fast", seed=1, out_dir=tmp_path), pipe(photo, preset="fast", seed=2,
+                                                                           out_dir=tmp_path)
+    assert next(first)["type"] == next(second)["type"] == "thinking_start"
+    ends = [list(second)[-1], list(first)[-1]]
+    assert all(end["type"] == "thinking_complete" and end["video_url"] for end in ends)
+    assert ends[0]["video_url"] != ends[1]["video_url"]
+
+
+def test_text_only_run_has_no_video(pipe, photo, tmp_path):
+    events = run_events(pipe, photo, seed=1, out_dir=tmp_path, video=False)
+    kinds = types(events)
+    assert kinds[0] == "thinking_start" and kinds[-1] == "thinking_complete" and "text_chunk" in kinds
+    assert not {"video_frame", "video_complete", "error"} & set(kinds)
+    assert events[-1]["video_url"] is None and events[-1]["tokens"] > 1
+    assert not list(tmp_path.glob("*.mp4"))
 
 
 def test_video_only_retry_reuses_the_text(pipe, photo, tmp_path):
