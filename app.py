@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from foresight.config import PRESETS  # noqa: E402
 from foresight.events import decode_frame  # noqa: E402
+from foresight.inputs import MAX_QUESTION_CHARS  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 OUTPUT_DIR = Path(os.environ.get("FORESIGHT_OUTPUTS", Path(tempfile.gettempdir()) / "foresight-outputs"))
@@ -210,7 +211,7 @@ def build_demo(pipe, default_preset: str = "default", banner: str = "") -> gr.Bl
                 image = UploadImage(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"],
                                     elem_id="input-image", height=320)
                 prompt = gr.Textbox(label="Question (optional)", placeholder="What happens next?",
-                                    elem_id="prompt", lines=1)
+                                    elem_id="prompt", lines=1, max_length=MAX_QUESTION_CHARS)
                 with gr.Row():
                     preset = gr.Radio([(f"{n} · {p.width}² · {p.num_frames} frames", n) for n, p in PRESETS.items()],
                                       value=default_preset, label="Preset", elem_id="preset")
@@ -280,12 +281,10 @@ def parse_args(argv=None):
 
 
 def warm_up(pipe) -> None:
-    """One fast run before the first user, so kernels, allocators and caches are ready."""
+    """One fast run before the first user (with the static decode, its compile: about a minute)."""
     start = time.perf_counter()
-    example = next(iter(sorted(EXAMPLES_DIR.glob("*.jpg"))))
-    with tempfile.TemporaryDirectory() as scratch:
-        for _ in pipe(example, preset="fast", seed=0, out_dir=scratch):
-            pass
+    print("[foresight] warming up ...", flush=True)
+    pipe.warm_up(next(iter(sorted(EXAMPLES_DIR.glob("*.jpg")))), log=lambda m: print(m, flush=True))
     print(f"[foresight] warmed up in {time.perf_counter() - start:.1f}s", flush=True)
 
 

@@ -65,12 +65,19 @@ class Settings:
     hidden_layer: int = -3  # which VLM layer's prefill output feeds the bridge (HunyuanVideo's choice)
     # Load T5-XXL (9.5 GB) for `text` mode. Off, it is skipped whenever a bridge can run `fused` mode.
     text_mode: bool = True
-    # "static": a fixed-size KV cache, which transformers compiles on CUDA (the first call pays the
-    # compile, so the app's warm-up does); a candidate for the decode speed issue, to be measured on a
-    # GPU with `FORESIGHT_DECODE=static python -m foresight bench --profile random-full`.
+    # "static": a fixed-size KV cache; transformers then compiles the decode step on CUDA (CUDA graphs,
+    # "reduce-overhead"), paid once by the warm-up (~50 s). The default on CUDA: on an H100 it decodes
+    # at 94 tok/s alone and 80 beside the video, against 14-53 and 12-17 for "dynamic" (DESIGN.md,
+    # "Performance"). "dynamic": the plain growing cache, not compiled; the default on a CPU.
     decode: str = "dynamic"
     static_cache_len: int = 2048  # one size for every call, so the compiled step is reused
+    # How the two workers share the GPU: "shared" (one stream) or "streams" (the text on its own
+    # high-priority stream); see foresight/scheduling.py.
+    schedule: str = "shared"
 
+
+DECODES = ("dynamic", "static")
+SCHEDULES = ("shared", "streams")  # foresight/scheduling.py
 
 # Environment overrides of the model ids (full and random-full profiles). For the 13B distilled
 # model: FORESIGHT_VIDEO_ID=Lightricks/LTX-Video-0.9.8-13B-distilled FORESIGHT_VIDEO_SINGLE_FILE=
@@ -106,10 +113,13 @@ def make_settings(profile: str | None = None, models_dir: str | Path | None = No
         device="cuda" if on_cuda else "cpu",
         dtype="bfloat16" if on_cuda else "float32",
         text_mode=os.environ.get("FORESIGHT_TEXT_MODE", "1") not in ("0", "false", "no"),
-        decode=os.environ.get("FORESIGHT_DECODE", "dynamic"),
+        decode=os.environ.get("FORESIGHT_DECODE", "static" if on_cuda else "dynamic"),
+        schedule=os.environ.get("FORESIGHT_SCHEDULE", "shared"),
     )
-    if settings.decode not in ("dynamic", "static"):
-        raise ValueError(f"FORESIGHT_DECODE={settings.decode!r}: use dynamic or static")
+    if settings.decode not in DECODES:
+        raise ValueError(f"FORESIGHT_DECODE={settings.decode!r}: use one of {', '.join(DECODES)}")
+    if settings.schedule not in SCHEDULES:
+        raise ValueError(f"FORESIGHT_SCHEDULE={settings.schedule!r}: use one of {', '.join(SCHEDULES)}")
     if profile == "tiny":
         from foresight.tiny import ensure_tiny_models
 

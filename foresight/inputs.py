@@ -11,6 +11,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from foresight.config import Preset
 
 MIN_SIDE = 32  # smaller than this there is nothing to look at
+# Keeps the prompt well inside the static KV cache (Settings.static_cache_len): a longer one grows the
+# cache, and a compiled decode step then compiles again (about a minute on a GPU).
+MAX_QUESTION_CHARS = 1000
 MAX_PIXELS_BEFORE_DOWNSCALE = 4096 * 4096  # anything larger is shrunk before any other work
 Image.MAX_IMAGE_PIXELS = 20000 * 20000  # refuse decompression bombs beyond this, with our message
 
@@ -50,6 +53,15 @@ def load_image(source) -> Image.Image:
         raise InputError(f"That image is too small ({image.width}x{image.height}); use one at least "
                          f"{MIN_SIDE} pixels on each side.")
     return image
+
+
+def check_question(question: str | None) -> str:
+    """The user's question, stripped; refused when it is too long to think about quickly."""
+    question = (question or "").strip()
+    if len(question) > MAX_QUESTION_CHARS:
+        raise InputError(f"The question is {len(question)} characters long; please keep it under "
+                         f"{MAX_QUESTION_CHARS}.")
+    return question
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

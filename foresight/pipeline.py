@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import queue
 import random
+import tempfile
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -31,7 +32,8 @@ from foresight import video as video_stage
 from foresight import vlm as vlm_stage
 from foresight.config import PRESETS, SMALLER_PRESET
 from foresight.events import event, jpeg_base64
-from foresight.inputs import InputError, fit_to_preset, load_image
+from foresight.inputs import InputError, check_question, fit_to_preset, load_image
+from foresight.scheduling import use_stream, worker_streams
 
 FALLBACK_PREDICTION_CHARS = 200  # text mode: use this much of the text if no line break comes
 
@@ -76,11 +78,26 @@ class _Run:
 class ForesightPipeline:
     def __init__(self, models):
         self.models = models
-        self._thinker = ThreadPoolExecutor(1, thread_name_prefix="foresight-think")
-        self._renderer = ThreadPoolExecutor(1, thread_name_prefix="foresight-render")
+        text_stream, video_stream = worker_streams(models.settings.schedule, models.settings.device)
+        self._thinker = ThreadPoolExecutor(1, "foresight-think", initializer=use_stream, initargs=(text_stream,))
+        self._renderer = ThreadPoolExecutor(1, "foresight-render", initializer=use_stream, initargs=(video_stream,))
 
     def default_mode(self) -> str:
         return self.models.modes[0]
+
+    def warm_up(self, image, log: Callable[[str], None] = print) -> None:
+        """One fast run before the first user: kernels, allocators, and the static decode's compile.
+
+        If the static decode fails here (a compiler problem on this machine), the pipeline falls
+        back to the dynamic decode rather than fail every user's run.
+        """
+        with tempfile.TemporaryDirectory() as scratch:
+            events = list(self(image, preset="fast", seed=0, out_dir=scratch))
+            failed = [ev["message"] for ev in events if ev["type"] == "error" and ev["stage"] == "text"]
+            if failed and self.models.settings.decode == "static":
+                log(f"[foresight] the static-cache decode failed ({failed[0]}); using the dynamic decode")
+                self.models = replace(self.models, settings=replace(self.models.settings, decode="dynamic"))
+                list(self(image, preset="fast", seed=0, out_dir=scratch))
 
     def __call__(self, image, prompt: str = "", preset: str = "default", mode: str | None = None,
                  seed: int | None = None, out_dir: str | Path = "outputs", stop: threading.Event | None = None,
@@ -93,6 +110,7 @@ class ForesightPipeline:
         run = _Run(time.perf_counter(), stop or threading.Event())
         try:
             picture = load_image(image)
+            prompt = check_question(prompt)
             if preset not in PRESETS:
                 raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
             mode, note = self._choose_mode(mode)
@@ -194,7 +212,7 @@ class ForesightPipeline:
                 if not run.wait(run.first_token):  # the prefill has run: its states are captured
                     if run.stop.is_set():
                         return
-                states = run.capture.states if run.capture and run.capture.states is not None \
+                states = run.capture.states_here() if run.capture and run.capture.states is not None \
                     else vlm_stage.prefill_states(models, vlm_stage.build_inputs(models, frame, prompt))
                 embeds, mask = video_stage.fused_conditioning(models, frame, states)
                 conditioning = dict(prompt_embeds=embeds, prompt_attention_mask=mask)

@@ -66,15 +66,25 @@ class PrefillCapture:
 
     def __init__(self, vlm, layer: int):
         self.states: torch.Tensor | None = None
-        self.ready = threading.Event()
+        self._written: torch.cuda.Event | None = None  # on CUDA: when the states exist on the thinker's stream
         self._handle = vlm.model.language_model.layers[layer].register_forward_hook(self._hook)
 
     def _hook(self, module, args, output):
         hidden = output[0] if isinstance(output, tuple) else output
         if self.states is None and hidden.shape[1] > 1:
             self.states = hidden.detach()
-            self.ready.set()
+            if hidden.is_cuda:
+                self._written = torch.cuda.Event()
+                self._written.record()
             self._handle.remove()
+
+    def states_here(self) -> torch.Tensor:
+        """The states, safe to use on the calling thread's stream (the renderer's may differ from the thinker's)."""
+        if self._written is not None:
+            here = torch.cuda.current_stream(self.states.device)
+            here.wait_event(self._written)
+            self.states.record_stream(here)  # the allocator must not reuse them while `here` still reads them
+        return self.states
 
     def remove(self):
         self._handle.remove()

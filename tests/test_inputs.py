@@ -95,3 +95,8 @@ def test_unknown_preset_is_an_input_error(pipe, photo, tmp_path):
 def test_unknown_mode_is_an_input_error(pipe, photo, tmp_path):
     events = run_events(pipe, photo, mode="psychic", out_dir=tmp_path)
     assert [ev["type"] for ev in events] == ["error"] and "Unknown mode" in events[0]["message"]
+
+
+def test_an_overlong_question_is_an_input_error(pipe, photo, tmp_path):
+    events = run_events(pipe, photo, prompt="why? " * 300, out_dir=tmp_path)
+    assert [ev["type"] for ev in events] == ["error"] and "keep it under 1000" in events[0]["message"]

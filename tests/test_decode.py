@@ -1,0 +1,89 @@
+"""The text decode variants and GPU sharing: the same text whichever runs, and a safe fall-back."""
+
+import dataclasses
+
+import pytest
+import torch
+from transformers import CompileConfig
+
+from foresight.config import make_settings
+from foresight.pipeline import ForesightPipeline
+from foresight.scheduling import worker_streams
+
+from conftest import run_events
+
+
+def with_settings(models, **changes):
+    return dataclasses.replace(models, settings=dataclasses.replace(models.settings, **changes))
+
+
+def test_compiled_static_decode_compiles_once_and_writes_the_same_text(models, photo, tmp_path):
+    """On CUDA transformers compiles the static-cache decode step; here the same compile runs on the CPU."""
+    import torch._dynamo.utils
+
+    dynamic = ForesightPipeline(models)
+    compiled = ForesightPipeline(with_settings(models, decode="static"))
+    config = CompileConfig()
+    config._compile_all_devices = True  # transformers' switch for compiling off-GPU, meant for tests
+    models.vlm.generation_config.compile_config = config
+    graphs = torch._dynamo.utils.counters["stats"]
+    try:
+        for number, question in enumerate(["", "What will happen to the red square in a moment?"]):
+            text = run_events(compiled, photo, prompt=question, seed=1, out_dir=tmp_path, video=False)[-1]["text"]
+            if number == 0:
+                compiled_graphs = graphs["unique_graphs"]
+                assert compiled_graphs >= 1, "the decode step was compiled"
+            assert text and text == run_events(dynamic, photo, prompt=question, seed=1, out_dir=tmp_path,
+                                               video=False)[-1]["text"]
+        assert graphs["unique_graphs"] == compiled_graphs, "a longer prompt reuses the compiled step"
+    finally:
+        models.vlm.generation_config.compile_config = None
+
+
+def test_warm_up_falls_back_to_the_dynamic_decode_when_static_fails(models, photo):
+    pipe = ForesightPipeline(with_settings(models, decode="static"))
+    broken = CompileConfig(backend="no-such-compiler")  # as if the machine's compiler could not build the step
+    broken._compile_all_devices = True
+    models.vlm.generation_config.compile_config = broken
+    said = []
+    try:
+        pipe.warm_up(photo, log=said.append)
+    finally:
+        models.vlm.generation_config.compile_config = None
+    assert pipe.models.settings.decode == "dynamic"
+    assert len(said) == 1 and "using the dynamic decode" in said[0] and "no-such-compiler" in said[0]
+    models.vlm.generation_config.compile_config = broken  # still broken: the dynamic decode never compiles
+    try:
+        events = run_events(pipe, photo, seed=1)
+    finally:
+        models.vlm.generation_config.compile_config = None
+    assert "error" not in [ev["type"] for ev in events] and events[-1]["text"]
+
+
+def test_warm_up_keeps_a_working_static_decode(models, photo):
+    pipe = ForesightPipeline(with_settings(models, decode="static"))
+    said = []
+    pipe.warm_up(photo, log=said.append)
+    assert pipe.models.settings.decode == "static" and said == []
+
+
+def test_streams_exist_only_on_cuda():
+    assert worker_streams("streams", "cpu") == (None, None)
+    assert worker_streams("shared", "cuda") == (None, None)
+    if torch.cuda.is_available():
+        text, video = worker_streams("streams", "cuda")
+        assert text.priority < video.priority  # lower is more urgent
+    with pytest.raises(ValueError, match="use one of shared, streams"):
+        worker_streams("round-robin", "cpu")
+
+
+def test_decode_and_schedule_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FORESIGHT_DECODE", "static")
+    monkeypatch.setenv("FORESIGHT_SCHEDULE", "streams")
+    settings = make_settings("full")
+    assert (settings.decode, settings.schedule) == ("static", "streams")
+    monkeypatch.delenv("FORESIGHT_DECODE")
+    assert make_settings("full").decode == ("static" if torch.cuda.is_available() else "dynamic")
+    monkeypatch.setenv("FORESIGHT_SCHEDULE", "later")
+    with pytest.raises(ValueError, match="FORESIGHT_SCHEDULE"):
+        make_settings("full")
