@@ -7,8 +7,19 @@ import json
 import sys
 from pathlib import Path
 
-from foresight.config import PRESETS
+from foresight.config import DECODES, PRESETS, SCHEDULES
 from foresight.train import TrainConfig
+
+
+def comma_list(allowed: tuple[str, ...]):
+    """An argparse type: 'a,b' -> ['a', 'b'], each one of `allowed`."""
+    def parse(text: str) -> list[str]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        unknown = [item for item in items if item not in allowed]
+        if unknown or not items:
+            raise argparse.ArgumentTypeError(f"{text!r}: use one or more of {', '.join(allowed)}, comma-separated")
+        return items
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--preset", choices=list(PRESETS), action="append", default=None)
     bench.add_argument("--mode", choices=["fused", "text"], default=None)
     bench.add_argument("--runs", type=int, default=5)
+    bench.add_argument("--decode", type=comma_list(DECODES), default=None,
+                       help=f"one or more of {','.join(DECODES)} (default: the profile's, static on CUDA)")
+    bench.add_argument("--schedule", type=comma_list(SCHEDULES), default=None,
+                       help=f"one or more of {','.join(SCHEDULES)} (default: the profile's)")
+    bench.add_argument("--max-new-tokens", type=int, default=None, help="tokens per run (default: the profile's)")
     bench.add_argument("--json", default=None, help="write the results here as JSON")
 
     train = commands.add_parser("train", help="train the bridge on a folder of images or clips")

@@ -8,17 +8,21 @@ previews and frames, mp4 writing) as a share of the run, and peak GPU memory.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from foresight.config import PRESETS
+from foresight.pipeline import ForesightPipeline
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cat.jpg"
 METRICS = [  # key, label, unit
@@ -58,6 +62,7 @@ def text_alone(pipe, image, preset: str) -> float:
 
 
 def bench(pipe, presets: list[str], runs: int, mode: str | None = None, image=EXAMPLE) -> dict:
+    """{preset: summary} for one pipeline (one decode and schedule); one uncounted run per preset first."""
     cuda = torch.cuda.is_available()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -77,6 +82,24 @@ def bench(pipe, presets: list[str], runs: int, mode: str | None = None, image=EX
     return results
 
 
+def bench_variants(models, presets: list[str], runs: int, decodes: list[str], schedules: list[str],
+                   mode: str | None = None, image=EXAMPLE, log=lambda message: None) -> dict:
+    """{"decode/schedule": {preset: summary}}: every combination on the same loaded models.
+
+    Each combination gets its own pipeline (its own worker threads and streams) and its warm-up,
+    which pays the static decode's compile; a decode that falls back is reported as what ran.
+    """
+    results = {}
+    for decode, schedule in itertools.product(decodes, schedules):
+        pipe = ForesightPipeline(replace(models, settings=replace(models.settings, decode=decode, schedule=schedule)))
+        start = time.perf_counter()
+        pipe.warm_up(image, log=log)
+        variant = f"{pipe.models.settings.decode}/{schedule}"
+        log(f"[bench] {variant}: warmed up in {time.perf_counter() - start:.1f}s")
+        results[variant] = bench(pipe, presets, runs, mode, image)
+    return results
+
+
 def summarize(samples: list[dict]) -> dict:
     summary = {}
     for key, _, _ in METRICS:
@@ -87,16 +110,21 @@ def summarize(samples: list[dict]) -> dict:
 
 
 def format_table(results: dict) -> str:
-    lines = ["| preset | metric | median | min – max |", "|---|---|---|---|"]
-    for preset, summary in results.items():
-        for key, label, unit in METRICS:
-            stat = summary[key]
-            if stat is None:
-                lines.append(f"| {preset} | {label} | – | – |")
+    """One row per preset and decode/schedule; each cell the median and, below it, the range."""
+    header = ["preset", "decode/schedule"] + [f"{label} ({unit})" for _, label, unit in METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    presets = list(dict.fromkeys(preset for by_preset in results.values() for preset in by_preset))
+    for preset in presets:
+        for variant, by_preset in results.items():
+            if preset not in by_preset:
                 continue
-            fmt = "{:.0f}" if unit == "tok/s" else "{:.1f}" if unit == "%" else "{:.3f}"
-            lines.append(f"| {preset} | {label} ({unit}) | {fmt.format(stat['median'])} | "
-                         f"{fmt.format(stat['min'])} – {fmt.format(stat['max'])} |")
+            cells = [preset, variant]
+            for key, _, unit in METRICS:
+                stat = by_preset[preset][key]
+                fmt = "{:.0f}" if unit == "tok/s" else "{:.1f}" if unit in ("%", "GiB") else "{:.3f}"
+                cells.append("–" if stat is None else f"{fmt.format(stat['median'])} "
+                             f"({fmt.format(stat['min'])}–{fmt.format(stat['max'])})")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -109,17 +137,20 @@ def machine() -> str:
 def bench_command(args) -> int:
     from foresight.config import make_settings
     from foresight.models import load_models
-    from foresight.pipeline import ForesightPipeline
 
-    settings = make_settings(args.profile)
-    pipe = ForesightPipeline(load_models(settings, log=lambda m: None))
+    overrides = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
+    settings = make_settings(args.profile, **overrides)
+    models = load_models(settings, log=lambda m: None)
     presets = args.preset or (["fast", "default"] if settings.profile == "tiny" else list(PRESETS))
+    decodes, schedules = args.decode or [settings.decode], args.schedule or [settings.schedule]
     started = time.strftime("%Y-%m-%d %H:%M")
-    results = bench(pipe, presets, args.runs, args.mode)
+    results = bench_variants(models, presets, args.runs, decodes, schedules, args.mode,
+                             log=lambda m: print(m, file=sys.stderr, flush=True))
+    mode = args.mode or models.modes[0]
     print(f"Foresight bench · {started} · profile {settings.profile} · {machine()} · {args.runs} runs per preset "
-          f"· mode {args.mode or pipe.default_mode()}")
+          f"· mode {mode} · {settings.max_new_tokens} new tokens · median (min–max)")
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps({"date": started, "profile": settings.profile, "machine": machine(),
-                                               "runs": args.runs, "results": results}, indent=2))
+                                               "runs": args.runs, "mode": mode, "results": results}, indent=2))
     return 0

@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from foresight.bench import METRICS, bench, format_table, run_metrics
+from foresight.bench import METRICS, bench, bench_variants, format_table, run_metrics
 
 from conftest import run_events
 
@@ -18,11 +18,18 @@ def test_bench_measures_the_timeline_through_the_pipeline(pipe, photo, tmp_path)
     assert fast["ttft"]["median"] < fast["video_ready"]["median"]
     if not torch.cuda.is_available():
         assert fast["peak_gib"] is None
-    table = format_table(results)
-    assert all(label in table for _, label, _ in METRICS)
     json.dumps(results)
 
 
+def test_bench_compares_decodes_and_schedules_on_the_same_models(models, photo):
+    results = bench_variants(models, ["fast"], runs=1, decodes=["dynamic", "static"], schedules=["shared", "streams"],
+                             image=photo)
+    assert list(results) == ["dynamic/shared", "dynamic/streams", "static/shared", "static/streams"]
+    assert all(by_preset["fast"]["video_ready"]["n"] == 1 for by_preset in results.values())
+    assert models.settings.decode == "dynamic" and models.settings.schedule == "shared"  # left as they were
+    table = format_table(results).splitlines()
+    assert all(label in table[0] for _, label, _ in METRICS)
+    assert [row.split(" | ")[1] for row in table[2:]] == list(results)
 def test_run_metrics_count_tokens_decoded_while_the_video_renders(pipe, photo, tmp_path):
     events = run_events(pipe, photo, seed=2, out_dir=tmp_path)
     end = events[-1]

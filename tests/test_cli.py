@@ -38,3 +38,18 @@ def test_predict_refuses_a_bad_image_in_one_line(tmp_path):
     result = run_cli("predict", str(tmp_path / "bad.png"), "--profile", "tiny")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: That file could not be read as an image. Try a PNG or JPEG."
+
+
+def test_bench_prints_the_table_for_each_decode(tmp_path):
+    result = run_cli("bench", "--profile", "tiny", "--preset", "fast", "--runs", "1", "--decode", "dynamic,static",
+                     "--json", str(tmp_path / "bench.json"))
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| fast |")]
+    assert [row.split(" | ")[1] for row in rows] == ["dynamic/shared", "static/shared"]
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["profile"] == "tiny" and saved["results"]["static/shared"]["fast"]["ttft"]["n"] == 1
+
+
+def test_bench_refuses_an_unknown_decode():
+    result = run_cli("bench", "--decode", "fast")
+    assert result.returncode == 2 and "use one or more of dynamic, static" in result.stderr
