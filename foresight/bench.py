@@ -83,11 +83,13 @@ def bench(pipe, presets: list[str], runs: int, mode: str | None = None, image=EX
 
 
 def bench_variants(models, presets: list[str], runs: int, decodes: list[str], schedules: list[str],
-                   mode: str | None = None, image=EXAMPLE, log=lambda message: None) -> dict:
+                   mode: str | None = None, image=EXAMPLE, log=lambda message: None,
+                   on_variant=lambda results: None) -> dict:
     """{"decode/schedule": {preset: summary}}: every combination on the same loaded models.
 
     Each combination gets its own pipeline (its own worker threads and streams) and its warm-up,
     which pays the static decode's compile; a decode that falls back is reported as what ran.
+    `on_variant(results so far)` after each combination, so a run cut short keeps what it measured.
     """
     results = {}
     for decode, schedule in itertools.product(decodes, schedules):
@@ -97,6 +99,7 @@ def bench_variants(models, presets: list[str], runs: int, decodes: list[str], sc
         variant = f"{pipe.models.settings.decode}/{schedule}"
         log(f"[bench] {variant}: warmed up in {time.perf_counter() - start:.1f}s")
         results[variant] = bench(pipe, presets, runs, mode, image)
+        on_variant(results)
     return results
 
 
@@ -144,13 +147,18 @@ def bench_command(args) -> int:
     presets = args.preset or (["fast", "default"] if settings.profile == "tiny" else list(PRESETS))
     decodes, schedules = args.decode or [settings.decode], args.schedule or [settings.schedule]
     started = time.strftime("%Y-%m-%d %H:%M")
-    results = bench_variants(models, presets, args.runs, decodes, schedules, args.mode,
-                             log=lambda m: print(m, file=sys.stderr, flush=True))
     mode = args.mode or models.modes[0]
-    print(f"Foresight bench · {started} · profile {settings.profile} · {machine()} · {args.runs} runs per preset "
-          f"· mode {mode} · {settings.max_new_tokens} new tokens · median (min–max)")
+    title = (f"Foresight bench · {started} · profile {settings.profile} · {machine()} · {args.runs} runs per preset "
+             f"· mode {mode} · {settings.max_new_tokens} new tokens · median (min–max)")
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731 - stdout is the table
+
+    def save(results: dict) -> None:
+        log(format_table(results))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"date": started, "profile": settings.profile, "machine": machine(),
+                                                   "runs": args.runs, "mode": mode, "results": results}, indent=2))
+
+    results = bench_variants(models, presets, args.runs, decodes, schedules, args.mode, log=log, on_variant=save)
+    print(title)
     print(format_table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"date": started, "profile": settings.profile, "machine": machine(),
-                                               "runs": args.runs, "mode": mode, "results": results}, indent=2))
     return 0

@@ -2,15 +2,21 @@
 # The prepared GPU check, for a session lent a machine (../shared/DESIGN.md, "Using the GPU machine").
 # The machine has torch, transformers, imageio, matplotlib but no diffusers and no network. Here, first:
 #   pip download --no-deps -d wheels diffusers==0.42.1 transformers==5.24.0 imageio-ffmpeg==0.8.1 importlib_metadata
-# then run it once there:   run(command="bash scripts/device_bench.sh", carry=["wheels"], timeout_s=540)
+# then run it once there:   run(command="bash scripts/device_bench.sh", carry=["wheels"], timeout_s=560)
 # and try it here first:    PROFILE=tiny OUT=/tmp/device-out bash scripts/device_bench.sh
-# Everything it measures lands in $OUT: machine.txt, bench*.md/json (dynamic and static-cache decode),
-# train.log (distill step time and peak memory). Copy the numbers into docs/BENCHMARKS.md and docs/TRAINING.md.
+#
+# Steps, most important first; each writes its files as it goes, so a run cut short keeps them:
+#   1. schedule.md/json: the default preset, dynamic vs static decode x shared vs streams (the choice
+#      of defaults; ~4 min on an H100 by estimate, most of it the dynamic decode and one ~50 s compile)
+#   2. train.log: 20 bridge-training steps at full size (step time, peak memory)
+#   3. presets.md/json: fast and high with the static decode, both schedules (peak memory per preset)
+# Copy the numbers into docs/BENCHMARKS.md and docs/TRAINING.md with the date and the card.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-random-full}
 OUT=${OUT:-device-out}
 RUNS=${RUNS:-3}
+TOKENS=${TOKENS:-128}  # enough to span the video at 80 tok/s; the dynamic decode takes ~8 s for them
 mkdir -p "$OUT"
 if ls wheels/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-deps wheels/*.whl
@@ -22,15 +28,15 @@ fi
 } > "$OUT/machine.txt" 2>&1
 step() {  # name, command...: run one measurement, keep going if it fails
   local name=$1; shift
-  echo "== $name" >&2
+  echo "== $name $(date -u +%T)" >&2
   "$@" > "$OUT/$name.md" 2> "$OUT/$name.log" || echo "$name failed (exit $?), see $OUT/$name.log" >&2
 }
-step bench python3 -m foresight bench --profile "$PROFILE" --runs "$RUNS" --json "$OUT/bench.json"
-step bench-static env FORESIGHT_DECODE=static python3 -m foresight bench --profile "$PROFILE" --preset default \
-  --runs "$RUNS" --json "$OUT/bench-static.json"
-step bench-text-mode python3 -m foresight bench --profile "$PROFILE" --preset default --mode text --runs "$RUNS" \
-  --json "$OUT/bench-text-mode.json"
+step schedule python3 -m foresight bench --profile "$PROFILE" --preset default --decode dynamic,static \
+  --schedule shared,streams --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/schedule.json"
 step train python3 -m foresight train --profile "$PROFILE" --data examples --out "$OUT/train" --steps 20 \
   --batch-size 2 --val-fraction 0.34 --val-every 10 --warmup-steps 5
-cat "$OUT/machine.txt" "$OUT"/bench*.md
+step presets python3 -m foresight bench --profile "$PROFILE" --preset fast --preset high --decode static \
+  --schedule shared,streams --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/presets.json"
+echo "== done $(date -u +%T)" >&2
+cat "$OUT/machine.txt" "$OUT/schedule.md" "$OUT/presets.md"
 tail -n 2 "$OUT/train.log"
