@@ -44,8 +44,7 @@ def load_models(settings: Settings, log: Callable[[str], None] = print,
     if settings.profile == "random-full":
         from foresight.random_full import build_random_full_models
 
-        return build_random_full_models(settings, log, settings.text_mode if load_text_encoder is None
-                                        else load_text_encoder)
+        return build_random_full_models(settings, log, needs_text_encoder(settings, True, load_text_encoder))
     from transformers import AutoImageProcessor, AutoProcessor, Dinov2Model, Qwen2_5_VLForConditionalGeneration
 
     dtype, device, ids = torch_dtype(settings), settings.device, settings.model_ids
@@ -74,12 +73,16 @@ def load_models(settings: Settings, log: Callable[[str], None] = print,
         bridge = load_bridge(bridge_folder, expected_base_models=base_models(settings)).to(device, dtype).eval()
     log(f"[foresight] bridge: {bridge_note}")
 
-    if load_text_encoder is None:
-        load_text_encoder = settings.text_mode or bridge is None
+    load_text_encoder = needs_text_encoder(settings, bridge is not None, load_text_encoder)
     if not load_text_encoder:
         log("[foresight] text mode off: T5-XXL is not loaded")
     video = step(f"video {ids.video}", lambda: load_video_pipeline(settings, load_text_encoder))
     return Models(processor, vlm, vision_processor, vision, video, bridge, bridge_note, settings)
+
+
+def needs_text_encoder(settings: Settings, bridge_loaded: bool, forced: bool | None = None) -> bool:
+    """T5-XXL is needed when `text` mode may be asked for, or is the only mode (no bridge); `forced` decides."""
+    return forced if forced is not None else settings.text_mode or not bridge_loaded
 
 
 def base_models(settings: Settings) -> dict[str, str]:

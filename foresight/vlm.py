@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Callable
 
@@ -123,13 +124,16 @@ def prefill_states(models, inputs) -> torch.Tensor:
     return capture.states
 
 
+_PREDICTION_PREFIX = re.compile(r"next\s*[*_]{0,2}\s*[:\-–—]\s*[*_]{0,2}\s*", re.IGNORECASE)
+
+
 def prediction_line(text: str) -> str | None:
     """The one-line prediction, once its line is complete: 'Next: X' (or '**Next:** X') -> 'X'."""
     if "\n" not in text.lstrip():
         return None
     line = text.strip().splitlines()[0].strip()
-    bare = line.replace("*", "").replace("_", "").lstrip("# ").strip()
-    for prefix in ("next:", "next -", "next –", "next —"):
-        if bare.lower().startswith(prefix):
-            return bare[len(prefix):].strip() or line
+    bare = line.lstrip("#*_ ").rstrip("*_ ")  # a markdown heading or emphasis around the whole line
+    prefix = _PREDICTION_PREFIX.match(bare)
+    if prefix:
+        return bare[prefix.end():].strip() or line
     return bare or line

@@ -188,6 +188,8 @@ def test_video_only_retry_reuses_the_text(pipe, photo, tmp_path):
     ("The ball rolls away.\nIt is on a slope.", "The ball rolls away."),
     ("Next: still writing the first line", None),
     ("Nextdoor's cat jumps.\n", "Nextdoor's cat jumps."),
+    ("*Next*: the dog_bed slides off the sofa.\n", "the dog_bed slides off the sofa."),
+    ("_Next —_ it rains.\n", "it rains."),
 ])
 def test_the_prediction_is_the_first_complete_line(text, expected):
     from foresight.vlm import prediction_line
