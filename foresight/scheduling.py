@@ -25,8 +25,8 @@ def worker_streams(schedule: str, device: str) -> tuple[torch.cuda.Stream | None
         raise ValueError(f"schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
     if schedule == "shared" or not device.startswith("cuda"):
         return None, None
-    least, greatest = torch.cuda.Stream.priority_range()
-    text, video = torch.cuda.Stream(priority=greatest), torch.cuda.Stream(priority=least)
+    priorities = torch.cuda.Stream.priority_range()  # lower numbers are more urgent (CUDA's convention)
+    text, video = torch.cuda.Stream(priority=min(priorities)), torch.cuda.Stream(priority=max(priorities))
     # Weights were copied or initialised on the default stream; other streams must not read them early.
     torch.cuda.synchronize()
     return text, video
