@@ -15,6 +15,7 @@ closing it (Stop, a dropped client) stops both workers at their next token or de
 
 from __future__ import annotations
 
+import os
 import queue
 import random
 import tempfile
@@ -78,9 +79,25 @@ class _Run:
 class ForesightPipeline:
     def __init__(self, models):
         self.models = models
-        text_stream, video_stream = worker_streams(models.settings.schedule, models.settings.device)
-        self._thinker = ThreadPoolExecutor(1, "foresight-think", initializer=use_stream, initargs=(text_stream,))
-        self._renderer = ThreadPoolExecutor(1, "foresight-render", initializer=use_stream, initargs=(video_stream,))
+        self._workers_lock = threading.Lock()
+        self._workers_pid: int | None = None
+
+    def _workers(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        """(thinker, renderer) of this process, made on first use.
+
+        Per process: a forked child (ZeroGPU runs each GPU call in one) inherits the executors
+        but not their threads, and would wait for them forever.
+        """
+        with self._workers_lock:
+            if self._workers_pid != os.getpid():
+                settings = self.models.settings
+                text_stream, video_stream = worker_streams(settings.schedule, settings.device)
+                self._thinker = ThreadPoolExecutor(1, "foresight-think", initializer=use_stream,
+                                                   initargs=(text_stream,))
+                self._renderer = ThreadPoolExecutor(1, "foresight-render", initializer=use_stream,
+                                                    initargs=(video_stream,))
+                self._workers_pid = os.getpid()
+            return self._thinker, self._renderer
 
     def default_mode(self) -> str:
         return self.models.modes[0]
@@ -125,10 +142,11 @@ class ForesightPipeline:
                     width=frame.width, height=frame.height, num_frames=spec.num_frames, fps=spec.fps, seed=seed,
                     note=note)
 
+        thinker, renderer = self._workers()
         if reasoning is None:
             if mode == "fused" and video:
                 run.capture = vlm_stage.PrefillCapture(self.models.vlm, self.models.settings.hidden_layer)
-            work = [self._thinker.submit(self._think, run, frame, prompt)]
+            work = [thinker.submit(self._think, run, frame, prompt)]
         else:
             run.text.append(reasoning)
             run.prediction = vlm_stage.prediction_line(reasoning + "\n")
@@ -136,7 +154,7 @@ class ForesightPipeline:
             for flag in (run.first_token, run.prediction_ready, run.text_done):
                 flag.set()
         if video:
-            work.append(self._renderer.submit(self._render, run, frame, prompt, preset, mode, seed,
+            work.append(renderer.submit(self._render, run, frame, prompt, preset, mode, seed,
                                               Path(out_dir) / f"{run_id}.mp4"))
         timings: dict[str, float | None] = {"ttft": None, "first_frame": None, "video_ready": None}
         video_url = None

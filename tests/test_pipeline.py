@@ -195,3 +195,25 @@ def test_the_prediction_is_the_first_complete_line(text, expected):
     from foresight.vlm import prediction_line
 
     assert prediction_line(text) == expected
+
+
+def _run_in_child(pipe, image, results):
+    events = list(pipe(image, preset="fast", seed=1, video=False))
+    results.put([ev["type"] for ev in events])
+
+
+def test_a_forked_child_runs_with_its_own_workers(pipe, photo):
+    """ZeroGPU runs each GPU call in a forked process: the parent's worker threads do not exist there."""
+    import multiprocessing
+
+    run_events(pipe, photo, video=False)  # the parent's workers exist
+    fork = multiprocessing.get_context("fork")
+    results = fork.Queue()
+    child = fork.Process(target=_run_in_child, args=(pipe, photo, results))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0, "the child finished its run"
+    kinds = results.get(timeout=5)
+    assert kinds[0] == "thinking_start" and kinds[-1] == "thinking_complete" and "text_chunk" in kinds
