@@ -290,7 +290,7 @@ def warm_up(pipe) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from foresight.config import make_settings
+    from foresight.config import make_settings, on_zero_gpu
     from foresight.models import load_models
     from foresight.pipeline import ForesightPipeline
 
@@ -306,7 +306,10 @@ def main(argv=None) -> None:
     models = load_models(settings, log=lambda m: print(m, flush=True))
     banner = "  \n".join(filter(None, [banner, f"Bridge: {models.bridge_note}."]))
     pipe = ForesightPipeline(models)
-    warm_up(pipe)
+    if on_zero_gpu():
+        print("[foresight] ZeroGPU: the GPU is lent per call, so there is no warm-up at start", flush=True)
+    else:
+        warm_up(pipe)
     demo = build_demo(pipe, default_preset=args.preset, banner=banner)
     keep_cache_bounded(demo, CACHE_TTL_S)
     demo.queue(max_size=args.queue_size).launch(

@@ -91,6 +91,17 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def on_zero_gpu() -> bool:
+    """A ZeroGPU Space: the GPU is lent per call, in a forked process that ends with the call."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
+def default_decode(on_cuda: bool) -> str:
+    """`static` on a CUDA GPU that stays (its compile is paid once); `dynamic` on a CPU, and on ZeroGPU,
+    where every call would compile again."""
+    return "static" if on_cuda and not on_zero_gpu() else "dynamic"
+
+
 def default_profile() -> str:
     return os.environ.get("FORESIGHT_PROFILE") or ("full" if cuda_available() else "tiny")
 
@@ -113,7 +124,7 @@ def make_settings(profile: str | None = None, models_dir: str | Path | None = No
         device="cuda" if on_cuda else "cpu",
         dtype="bfloat16" if on_cuda else "float32",
         text_mode=os.environ.get("FORESIGHT_TEXT_MODE", "1") not in ("0", "false", "no"),
-        decode=os.environ.get("FORESIGHT_DECODE", "static" if on_cuda else "dynamic"),
+        decode=os.environ.get("FORESIGHT_DECODE") or default_decode(on_cuda),
         schedule=os.environ.get("FORESIGHT_SCHEDULE", "shared"),
     )
     if settings.decode not in DECODES:

@@ -87,3 +87,12 @@ def test_decode_and_schedule_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("FORESIGHT_SCHEDULE", "later")
     with pytest.raises(ValueError, match="FORESIGHT_SCHEDULE"):
         make_settings("full")
+
+
+def test_zero_gpu_keeps_the_uncompiled_decode(monkeypatch):
+    from foresight.config import default_decode
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert (default_decode(on_cuda=True), default_decode(on_cuda=False)) == ("static", "dynamic")
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")  # each call runs in a fresh fork: a compile would not last
+    assert default_decode(on_cuda=True) == "dynamic"
