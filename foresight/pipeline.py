@@ -144,9 +144,7 @@ class ForesightPipeline:
 
         thinker, renderer = self._workers()
         if reasoning is None:
-            if mode == "fused" and video:
-                run.capture = vlm_stage.PrefillCapture(self.models.vlm, self.models.settings.hidden_layer)
-            work = [thinker.submit(self._think, run, frame, prompt)]
+            work = [thinker.submit(self._think, run, frame, prompt, mode == "fused" and video)]
         else:
             run.text.append(reasoning)
             run.prediction = vlm_stage.prediction_line(reasoning + "\n")
@@ -155,7 +153,7 @@ class ForesightPipeline:
                 flag.set()
         if video:
             work.append(renderer.submit(self._render, run, frame, prompt, preset, mode, seed,
-                                              Path(out_dir) / f"{run_id}.mp4"))
+                                        Path(out_dir) / f"{run_id}.mp4"))
         timings: dict[str, float | None] = {"ttft": None, "first_frame": None, "video_ready": None}
         video_url = None
         try:
@@ -194,7 +192,7 @@ class ForesightPipeline:
         why = self.models.bridge_note if requested == "fused" else "T5 is not loaded"
         return fallback, f"{requested} mode is unavailable ({why}); ran {fallback} mode instead"
 
-    def _think(self, run: _Run, frame, prompt: str) -> None:
+    def _think(self, run: _Run, frame, prompt: str, capture_states: bool) -> None:
         def on_token() -> None:
             run.token_times.append(run.now())
             run.first_token.set()
@@ -208,6 +206,8 @@ class ForesightPipeline:
                     self._set_prediction(run, line)
 
         try:
+            if capture_states:  # hooked here, on the thinker's turn, so it sees this run's prefill only
+                run.capture = vlm_stage.PrefillCapture(self.models.vlm, self.models.settings.hidden_layer)
             inputs = vlm_stage.build_inputs(self.models, frame, prompt)
             vlm_stage.stream_reasoning(self.models, inputs, on_text, run.stop, capture=run.capture, on_token=on_token)
         except Exception as exc:  # noqa: BLE001 - any failure becomes an event; the video may still run

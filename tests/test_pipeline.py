@@ -155,13 +155,33 @@ def test_runs_share_two_long_lived_workers(pipe, photo, tmp_path):
     assert len(names) == 1 and len(next(iter(names))) == 2
 
 
-def test_two_overlapping_runs_both_complete(pipe, photo, tmp_path):
-    first, second = pipe(photo, preset="fast", seed=1, out_dir=tmp_path), pipe(photo, preset="fast", seed=2,
-                                                                           out_dir=tmp_path)
-    assert next(first)["type"] == next(second)["type"] == "thinking_start"
-    ends = [list(second)[-1], list(first)[-1]]
-    assert all(end["type"] == "thinking_complete" and end["video_url"] for end in ends)
-    assert ends[0]["video_url"] != ends[1]["video_url"]
+def test_queued_runs_each_condition_their_video_on_their_own_image(pipe, photo, tmp_path):
+    """Runs queued behind a busy thinker each get their own prefill states, not the first one's."""
+    other = photo.transpose(0).rotate(90, expand=True)  # another picture, another prefill
+
+    def last_frame(events):
+        frame = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"][-1]
+        return np.asarray(decode_frame(frame), dtype=np.int16)
+
+    alone = last_frame(run_events(pipe, other, mode="fused", seed=5, out_dir=tmp_path))
+    thinker, _ = pipe._workers()
+    gate = threading.Event()
+    thinker.submit(gate.wait)  # the thinker is busy: both runs below queue behind it
+    results = {}
+
+    def consume(name, image):
+        results[name] = run_events(pipe, image, mode="fused", seed=5, out_dir=tmp_path)
+
+    threads = [threading.Thread(target=consume, args=("first", photo)),
+               threading.Thread(target=consume, args=("second", other))]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.3)  # each run has submitted its work
+    gate.set()
+    for thread in threads:
+        thread.join(60)
+    assert all(results[name][-1]["video_url"] for name in ("first", "second"))
+    assert np.array_equal(last_frame(results["second"]), alone)
 
 
 def test_text_only_run_has_no_video(pipe, photo, tmp_path):
