@@ -206,6 +206,8 @@ class ForesightPipeline:
                     self._set_prediction(run, line)
 
         try:
+            if run.stop.is_set():  # stopped while queued behind another run
+                return
             if capture_states:  # hooked here, on the thinker's turn, so it sees this run's prefill only
                 run.capture = vlm_stage.PrefillCapture(self.models.vlm, self.models.settings.hidden_layer)
             inputs = vlm_stage.build_inputs(self.models, frame, prompt)
@@ -226,6 +228,8 @@ class ForesightPipeline:
     def _render(self, run: _Run, frame, prompt: str, preset: str, mode: str, seed: int, mp4_path: Path) -> None:
         models = self.models
         try:
+            if run.stop.is_set():  # stopped while queued behind another run
+                return
             if mode == "fused":
                 if not run.wait(run.first_token):  # the prefill has run: its states are captured
                     if run.stop.is_set():

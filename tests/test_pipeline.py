@@ -146,6 +146,21 @@ def test_closing_the_stream_early_stops_the_workers(models, pipe, photo, tmp_pat
             hook.remove()
 
 
+def test_a_run_stopped_before_its_turn_runs_no_model(models, pipe, photo, tmp_path):
+    calls = []
+    hooks = [module.register_forward_hook(lambda *args: calls.append(1))
+             for module in (models.vlm, models.vision, models.video.transformer, models.video.vae)]
+    stop = threading.Event()
+    stop.set()  # as when Stop is pressed while the run waits behind another
+    try:
+        events = run_events(pipe, photo, seed=1, out_dir=tmp_path, stop=stop)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert types(events) == ["thinking_start", "thinking_complete"] and events[-1]["stopped"] is True
+    assert calls == []
+
+
 def test_runs_share_two_long_lived_workers(pipe, photo, tmp_path):
     """Compiled decode steps record CUDA graphs per thread: every run must use the same threads."""
     names = set()
