@@ -92,7 +92,7 @@ def bench_variants(models, presets: list[str], runs: int, decodes: list[str], sc
     `on_variant(results so far)` after each combination, so a run cut short keeps what it measured.
     """
     results = {}
-    for decode, schedule in itertools.product(decodes, schedules):
+    for schedule, decode in itertools.product(schedules, decodes):  # a schedule at a time: shared ones first
         pipe = ForesightPipeline(replace(models, settings=replace(models.settings, decode=decode, schedule=schedule)))
         start = time.perf_counter()
         pipe.warm_up(image, log=log)

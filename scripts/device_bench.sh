@@ -6,8 +6,9 @@
 # and try it here first:    PROFILE=tiny OUT=/tmp/device-out bash scripts/device_bench.sh
 #
 # Steps, most important first; each writes its files as it goes, so a run cut short keeps them:
-#   1. schedule.md/json: the default preset, dynamic vs static decode x shared vs streams (the choice
-#      of defaults; ~4 min on an H100 by estimate, most of it the dynamic decode and one ~50 s compile)
+#   1. schedule.md/json: the default preset, static vs dynamic decode x shared vs streams (the choice
+#      of defaults; ~4 min on an H100 by estimate, most of it the dynamic decode and one ~50 s compile).
+#      Shared-stream combinations run first, so a crash in the untried `streams` code loses nothing else.
 #   2. train.log: 20 bridge-training steps at full size (step time, peak memory)
 #   3. presets.md/json: fast and high with the static decode, both schedules (peak memory per preset)
 # Copy the numbers into docs/BENCHMARKS.md and docs/TRAINING.md with the date and the card.
@@ -31,7 +32,7 @@ step() {  # name, command...: run one measurement, keep going if it fails
   echo "== $name $(date -u +%T)" >&2
   "$@" > "$OUT/$name.md" 2> "$OUT/$name.log" || echo "$name failed (exit $?), see $OUT/$name.log" >&2
 }
-step schedule python3 -m foresight bench --profile "$PROFILE" --preset default --decode dynamic,static \
+step schedule python3 -m foresight bench --profile "$PROFILE" --preset default --decode static,dynamic \
   --schedule shared,streams --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/schedule.json"
 step train python3 -m foresight train --profile "$PROFILE" --data examples --out "$OUT/train" --steps 20 \
   --batch-size 2 --val-fraction 0.34 --val-every 10 --warmup-steps 5
