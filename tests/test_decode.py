@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from transformers import CompileConfig
@@ -96,3 +97,19 @@ def test_zero_gpu_keeps_the_uncompiled_decode(monkeypatch):
     assert (default_decode(on_cuda=True), default_decode(on_cuda=False)) == ("static", "dynamic")
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")  # each call runs in a fresh fork: a compile would not last
     assert default_decode(on_cuda=True) == "dynamic"
+
+
+def test_both_schedules_render_the_same_run(models, photo, tmp_path):
+    """On a GPU this checks the hand-over between the workers' streams; on a CPU both schedules are one."""
+    from foresight.config import SCHEDULES
+    from foresight.events import decode_frame
+
+    runs = {}
+    for schedule in SCHEDULES:
+        events = run_events(ForesightPipeline(with_settings(models, schedule=schedule)), photo, mode="fused", seed=3,
+                            out_dir=tmp_path)
+        frame = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"][-1]
+        runs[schedule] = events[-1]["text"], np.asarray(decode_frame(frame), dtype=np.int16)
+    (text_a, frame_a), (text_b, frame_b) = runs.values()
+    assert text_a == text_b
+    assert np.abs(frame_a - frame_b).mean() < 1.0
