@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -106,7 +107,9 @@ def predict_command(args) -> int:
     from foresight.models import load_models
     from foresight.pipeline import ForesightPipeline
 
-    settings = make_settings(args.profile, models_dir=args.models_dir)
+    # One run: compiling the static-cache decode (~50 s on a GPU) would cost more than it saves.
+    one_run = {} if os.environ.get("FORESIGHT_DECODE") else {"decode": "dynamic"}
+    settings = make_settings(args.profile, models_dir=args.models_dir, **one_run)
     if settings.profile == "tiny":
         print("[foresight] tiny profile: random weights, the outputs are noise. "
               "On a CUDA machine run with --profile full for the real models.", file=sys.stderr)
