@@ -96,6 +96,7 @@ class ForesightPipeline:
                                                    initargs=(text_stream,))
                 self._renderer = ThreadPoolExecutor(1, "foresight-render", initializer=use_stream,
                                                     initargs=(video_stream,))
+                self._static_cache = vlm_stage.ReusedStaticCache(settings.static_cache_len)  # the thinker's
                 self._workers_pid = os.getpid()
             return self._thinker, self._renderer
 
@@ -211,7 +212,8 @@ class ForesightPipeline:
             if capture_states:  # hooked here, on the thinker's turn, so it sees this run's prefill only
                 run.capture = vlm_stage.PrefillCapture(self.models.vlm, self.models.settings.hidden_layer)
             inputs = vlm_stage.build_inputs(self.models, frame, prompt)
-            vlm_stage.stream_reasoning(self.models, inputs, on_text, run.stop, capture=run.capture, on_token=on_token)
+            vlm_stage.stream_reasoning(self.models, inputs, on_text, run.stop, capture=run.capture, on_token=on_token,
+                                       static_cache=self._static_cache)
         except Exception as exc:  # noqa: BLE001 - any failure becomes an event; the video may still run
             run.put("error", stage="text", message=f"The reasoning stopped early: {exc}", recoverable=True)
         finally:

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import StaticCache, StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 SYSTEM_PROMPT = (
     "You look at one image and foresee the next few seconds. Your first line is your prediction, "
@@ -91,19 +91,47 @@ class PrefillCapture:
         self._handle.remove()
 
 
+class ReusedStaticCache:
+    """One static KV cache for every call from one thinker, zeroed in place between calls.
+
+    Left to itself, `generate` makes a new StaticCache per call; the compiled decode step's CUDA
+    graphs are recorded against the cache tensors' addresses, so every run would record them
+    again, and past torch's re-record limit the step would run without graphs at all.
+    """
+
+    def __init__(self, min_length: int):
+        self.min_length = min_length
+        self.cache: StaticCache | None = None
+
+    def for_call(self, vlm, length: int) -> StaticCache:
+        """A zeroed cache of at least `length` tokens (prompt + new ones); a longer call gets a bigger one."""
+        if self.cache is None or self.cache.get_max_length() < length:
+            self.cache = StaticCache(config=vlm.config.get_text_config(decoder=True),
+                                     max_cache_len=max(self.min_length, length))
+        else:
+            self.cache.reset()
+        return self.cache
+
+
 @torch.inference_mode()
 def stream_reasoning(models, inputs, on_text: Callable[[str], None], stop: threading.Event,
                      capture: PrefillCapture | None = None, on_token: Callable[[], None] = lambda: None,
-                     max_new_tokens: int | None = None) -> None:
-    """Generate greedily, calling `on_text` with each chunk; `capture` receives the prefill states."""
+                     max_new_tokens: int | None = None, static_cache: ReusedStaticCache | None = None) -> None:
+    """Generate greedily, calling `on_text` with each chunk; `capture` receives the prefill states.
+
+    With `settings.decode == "static"`, pass the caller's `static_cache` so its calls share one.
+    """
     settings = models.settings
-    cache = (dict(cache_implementation="static", max_cache_len=settings.static_cache_len)
-             if settings.decode == "static" else {})
+    max_new_tokens = max_new_tokens or settings.max_new_tokens
+    cache = {}
+    if settings.decode == "static":
+        static_cache = static_cache or ReusedStaticCache(settings.static_cache_len)
+        cache["cache"] = static_cache.for_call(models.vlm, inputs["input_ids"].shape[1] + max_new_tokens)
     try:
         models.vlm.generate(
             **inputs,
             **cache,
-            max_new_tokens=max_new_tokens or settings.max_new_tokens,
+            max_new_tokens=max_new_tokens,
             do_sample=False,
             streamer=_ChunkStreamer(models.processor.tokenizer, on_text, on_token),
             stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),

@@ -113,3 +113,23 @@ def test_both_schedules_render_the_same_run(models, photo, tmp_path):
     (text_a, frame_a), (text_b, frame_b) = runs.values()
     assert text_a == text_b
     assert np.abs(frame_a - frame_b).mean() < 1.0
+
+
+def test_every_run_of_a_pipeline_decodes_into_the_same_static_cache(models, photo, tmp_path):
+    """CUDA graphs of the compiled step are recorded against the KV tensors' addresses: keep them."""
+    pipe = ForesightPipeline(with_settings(models, decode="static"))
+    seen = []
+
+    def note_cache(module, args, kwargs):
+        cache = kwargs.get("cache")
+        if cache is not None and cache.layers[0].is_initialized:
+            seen.append((type(cache).__name__, cache.layers[0].keys.data_ptr()))
+
+    hook = models.vlm.model.language_model.layers[0].register_forward_pre_hook(note_cache, with_kwargs=True)
+    try:
+        texts = [run_events(pipe, photo, prompt=question, seed=1, out_dir=tmp_path, video=False)[-1]["text"]
+                 for question in ("", "", "And then?")]
+    finally:
+        hook.remove()
+    assert len(set(seen)) == 1 and seen[0][0] == "StaticCache"
+    assert texts[0] == texts[1] != ""  # zeroed between runs: the same prompt gives the same text
