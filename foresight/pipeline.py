@@ -55,12 +55,32 @@ class _Run:
     token_times: list[float] = field(default_factory=list)  # when each generated token existed
     video_start: float | None = None  # when the renderer had its conditioning and began denoising
     seconds: dict[str, float] = field(default_factory=lambda: {"jpeg": 0.0, "mp4": 0.0})  # pipeline overhead
+    _held: list = field(default_factory=list)  # taken from the queue while merging text: the next one out
 
     def now(self) -> float:
         return time.perf_counter() - self.clock_start
 
     def put(self, type_: str, **fields) -> None:
         self.events.put(event(type_, self.now(), **fields))
+
+    def next_event(self) -> dict | None:
+        """The next event, or None when a worker has finished (each puts one None as it ends).
+
+        Text chunks already waiting behind a text chunk come merged into it, so a consumer that
+        falls behind (a busy web server: ~2 ms a Gradio update) gets fewer, longer chunks instead
+        of a backlog.
+        """
+        ev = self._held.pop() if self._held else self.events.get()
+        while ev is not None and ev["type"] == "text_chunk":
+            try:
+                following = self.events.get_nowait()
+            except queue.Empty:
+                break
+            if following is None or following["type"] != "text_chunk":
+                self._held.append(following)
+                break
+            ev = {**ev, "content": ev["content"] + following["content"], "t": following["t"]}
+        return ev
 
     def jpeg(self, rgb) -> str:
         start = time.perf_counter()
@@ -158,10 +178,13 @@ class ForesightPipeline:
         timings: dict[str, float | None] = {"ttft": None, "first_frame": None, "video_ready": None}
         video_url = None
         try:
-            while not all(job.done() for job in work) or not run.events.empty():
-                try:
-                    ev = run.events.get(timeout=0.05)
-                except queue.Empty:
+            for job in work:  # runs in the worker as it ends (or at once, if it has)
+                job.add_done_callback(lambda job: run.events.put(None))
+            running = len(work)
+            while running:
+                ev = run.next_event()
+                if ev is None:
+                    running -= 1
                     continue
                 if ev["type"] == "text_chunk" and timings["ttft"] is None:
                     timings["ttft"] = ev["t"]

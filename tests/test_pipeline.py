@@ -46,6 +46,19 @@ def test_events_arrive_in_protocol_order(pipe, photo, tmp_path, mode):
     json.dumps(events)  # every event is JSON-serialisable
 
 
+def test_a_slow_consumer_gets_the_same_text_in_fewer_chunks(pipe, photo, tmp_path):
+    events = []
+    for ev in pipe(photo, preset="fast", seed=3, out_dir=tmp_path):
+        events.append(ev)
+        time.sleep(0.02)  # a busy web server between updates
+    chunks = [ev["content"] for ev in events if ev["type"] == "text_chunk"]
+    fast = [ev["content"] for ev in run_events(pipe, photo, seed=3, out_dir=tmp_path) if ev["type"] == "text_chunk"]
+    assert "".join(chunks) == "".join(fast) == events[-1]["text"] != ""
+    assert len(chunks) < len(fast), "waiting chunks arrive merged"
+    assert [ev["t"] for ev in events] == sorted(ev["t"] for ev in events)
+    assert types(events)[-1] == "thinking_complete" and "video_complete" in types(events)
+
+
 def test_mp4_decodes_to_the_presets_frames_and_size(pipe, photo, tmp_path):
     events = run_events(pipe, photo, seed=1, out_dir=tmp_path)
     start, end = events[0], events[-1]
