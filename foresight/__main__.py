@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--schedule", type=comma_list(SCHEDULES), default=None,
                        help=f"one or more of {','.join(SCHEDULES)} (default: the profile's)")
     bench.add_argument("--max-new-tokens", type=int, default=None, help="tokens per run (default: the profile's)")
+    bench.add_argument("--app", default=None, metavar="URL",
+                       help="time a running app (python app.py, a Space, a share link) as its client sees it, "
+                            "instead of the pipeline in this process")
     bench.add_argument("--json", default=None, help="write the results here as JSON")
 
     train = commands.add_parser("train", help="train the bridge on a folder of images or clips")

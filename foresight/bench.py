@@ -103,9 +103,9 @@ def bench_variants(models, presets: list[str], runs: int, decodes: list[str], sc
     return results
 
 
-def summarize(samples: list[dict]) -> dict:
+def summarize(samples: list[dict], metrics=METRICS) -> dict:
     summary = {}
-    for key, _, _ in METRICS:
+    for key, _, _ in metrics:
         values = [s[key] for s in samples if s.get(key) is not None]
         summary[key] = ({"median": statistics.median(values), "min": min(values), "max": max(values),
                          "n": len(values)} if values else None)
@@ -131,6 +131,52 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+APP_METRICS = [  # key, label, unit: what a client of a running app sees, from its submit
+    ("text", "first text", "s"),
+    ("preview", "first preview", "s"),
+    ("video", "video", "s"),
+    ("done", "last update", "s"),
+]
+
+
+def app_timeline(url: str, presets: list[str], runs: int, image=EXAMPLE) -> dict:
+    """{preset: summary} of the user's timeline through a running app's `/predict` stream.
+
+    Adds what the pipeline's own events cannot see: the upload, the queue, Gradio's processing of
+    each update (an ffprobe of the mp4, copies into its cache) and the transport. Files are not
+    downloaded, as a page would fetch them beside the stream. One uncounted run per preset first.
+    """
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False, download_files=False)
+
+    def one_run(preset: str) -> dict:
+        start, seen = time.perf_counter(), {}
+        for outputs in client.submit(handle_file(str(image)), "", preset, api_name="/predict"):
+            for key, value in zip(("text", "preview", "video"), outputs, strict=True):
+                is_update = isinstance(value, dict) and value.get("__type__") == "update"
+                if value and not is_update:
+                    seen.setdefault(key, time.perf_counter() - start)
+        seen["done"] = time.perf_counter() - start
+        return seen
+
+    results = {}
+    for preset in presets:
+        one_run(preset)
+        results[preset] = summarize([one_run(preset) for _ in range(runs)], APP_METRICS)
+    return results
+
+
+def format_app_table(results: dict) -> str:
+    header = ["preset"] + [f"{label} ({unit})" for _, label, unit in APP_METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for preset, summary in results.items():
+        cells = [preset] + [f"{stat['median']:.3f} ({stat['min']:.3f}–{stat['max']:.3f})" if stat else "–"
+                            for stat in (summary[key] for key, _, _ in APP_METRICS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
@@ -138,6 +184,17 @@ def machine() -> str:
 
 
 def bench_command(args) -> int:
+    if args.app:
+        presets = args.preset or ["fast", "default"]
+        started = time.strftime("%Y-%m-%d %H:%M")
+        results = app_timeline(args.app, presets, args.runs)
+        print(f"Foresight app timeline · {started} · {args.app} · client on {machine()} · {args.runs} runs per "
+              "preset · seconds from submit, median (min–max)")
+        print(format_app_table(results))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"date": started, "app": args.app, "runs": args.runs,
+                                                   "results": results}, indent=2))
+        return 0
     from foresight.config import make_settings
     from foresight.models import load_models
 

@@ -88,6 +88,16 @@ def test_predict_streams_text_then_previews_then_the_video(client):
     assert frames.shape[0] == 17 and frames.shape[-1] == 3
 
 
+def test_bench_times_the_app_as_its_client_sees_it(server):
+    from foresight.bench import APP_METRICS, app_timeline, format_app_table
+
+    fast = app_timeline(server["url"], ["fast"], runs=2)["fast"]
+    assert all(fast[key]["n"] == 2 for key, _, _ in APP_METRICS)
+    assert fast["text"]["median"] < fast["video"]["median"] <= fast["done"]["median"]
+    assert fast["preview"]["median"] < fast["video"]["median"]
+    assert "| fast |" in format_app_table({"fast": fast})
+
+
 def test_a_bad_image_is_a_clear_error_and_the_app_keeps_serving(client, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
