@@ -95,7 +95,9 @@ def first_frame(item: Item, preset: Preset, crop_square: bool) -> Image.Image:
 
 
 @torch.inference_mode()
-def item_features(models, item: Item, objective: str, preset: Preset, num_tokens: int) -> dict[str, torch.Tensor]:
+def item_features(models, item: Item, objective: str, preset: Preset, num_tokens: int,
+                  static_cache=None) -> dict[str, torch.Tensor]:
+    """One item's cached features. `static_cache` (vlm.ReusedStaticCache): shared by a loop's calls."""
     from foresight import video as video_stage
     from foresight import vlm as vlm_stage
 
@@ -105,10 +107,13 @@ def item_features(models, item: Item, objective: str, preset: Preset, num_tokens
     else:
         image = first_frame(item, preset, crop_square=False)
     inputs = vlm_stage.build_inputs(models, image, "")
-    features = {"vision": video_stage.vision_tokens(models, image)[0],
-                "vlm": vlm_stage.prefill_states(models, inputs)[0]}
+    features = {"vision": video_stage.vision_tokens(models, image)[0]}
+    caption = item.caption
+    if objective == "distill" and not caption:  # one prefill gives both the states and the prediction
+        caption, features["vlm"] = own_prediction(models, inputs, static_cache)
+    else:
+        features["vlm"] = vlm_stage.prefill_states(models, inputs)[0]
     if objective == "distill":
-        caption = item.caption or own_prediction(models, inputs)
         embeds, mask, _, _ = models.video.encode_prompt(
             caption, do_classifier_free_guidance=False, max_sequence_length=num_tokens, device=models.video.device)
         features.update(target=embeds[0], target_mask=mask[0].to(torch.uint8))
@@ -118,14 +123,17 @@ def item_features(models, item: Item, objective: str, preset: Preset, num_tokens
             for k, v in features.items()}
 
 
-def own_prediction(models, inputs) -> str:
-    """The VLM's one-line prediction for this image: the `text` mode's prompt, as a distill target."""
+def own_prediction(models, inputs, static_cache=None) -> tuple[str, torch.Tensor]:
+    """The VLM's one-line prediction for this image (the `text` mode's prompt, as a distill target)
+    and, from the same prefill, the hidden states the bridge reads: ([T, D])."""
     from foresight import vlm as vlm_stage
 
     chunks: list[str] = []
-    vlm_stage.stream_reasoning(models, inputs, chunks.append, threading.Event(), max_new_tokens=48)
-    text = "".join(chunks)
-    return vlm_stage.prediction_line(text + "\n") or "The scene continues."
+    capture = vlm_stage.PrefillCapture(models.vlm, models.settings.hidden_layer)
+    vlm_stage.stream_reasoning(models, inputs, chunks.append, threading.Event(), capture=capture,
+                               max_new_tokens=48, static_cache=static_cache)
+    prediction = vlm_stage.prediction_line("".join(chunks) + "\n") or "The scene continues."
+    return prediction, capture.states[0]
 
 
 @torch.inference_mode()
@@ -175,6 +183,8 @@ class FeatureSet:
         from safetensors.torch import save_file
         from tqdm import tqdm
 
+        from foresight import vlm as vlm_stage
+
         items = list_items(data_dir, objective, captions_file)
         key = features_key(models, items, objective, preset, num_tokens)
         folder = Path(folder) if folder else cache_dir() / "features" / key
@@ -183,8 +193,10 @@ class FeatureSet:
             return cls(folder)
         folder.mkdir(parents=True, exist_ok=True)
         shards, shard, names = [], {}, []
+        static_cache = vlm_stage.ReusedStaticCache(models.settings.static_cache_len)  # one for every item
         for i, item in enumerate(tqdm(items, desc="features", unit="item")):
-            for name, tensor in item_features(models, item, objective, PRESETS[preset], num_tokens).items():
+            for name, tensor in item_features(models, item, objective, PRESETS[preset], num_tokens,
+                                              static_cache).items():
                 shard[f"{i}.{name}"] = tensor
             names.append(item.path.name)
             if (i + 1) % SHARD_SIZE == 0 or i + 1 == len(items):
