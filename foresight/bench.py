@@ -112,8 +112,16 @@ def summarize(samples: list[dict], metrics=METRICS) -> dict:
     return summary
 
 
+def format_stat(stat: dict | None, unit: str) -> str:
+    """A table cell: `median (min–max)`, or – when nothing was measured."""
+    if stat is None:
+        return "–"
+    fmt = "{:.0f}" if unit == "tok/s" else "{:.1f}" if unit in ("%", "GiB") else "{:.3f}"
+    return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}–{fmt.format(stat['max'])})"
+
+
 def format_table(results: dict) -> str:
-    """One row per preset and decode/schedule; each cell the median and, below it, the range."""
+    """One row per preset and decode/schedule."""
     header = ["preset", "decode/schedule"] + [f"{label} ({unit})" for _, label, unit in METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     presets = list(dict.fromkeys(preset for by_preset in results.values() for preset in by_preset))
@@ -121,12 +129,7 @@ def format_table(results: dict) -> str:
         for variant, by_preset in results.items():
             if preset not in by_preset:
                 continue
-            cells = [preset, variant]
-            for key, _, unit in METRICS:
-                stat = by_preset[preset][key]
-                fmt = "{:.0f}" if unit == "tok/s" else "{:.1f}" if unit in ("%", "GiB") else "{:.3f}"
-                cells.append("–" if stat is None else f"{fmt.format(stat['median'])} "
-                             f"({fmt.format(stat['min'])}–{fmt.format(stat['max'])})")
+            cells = [preset, variant] + [format_stat(by_preset[preset][key], unit) for key, _, unit in METRICS]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -171,8 +174,7 @@ def format_app_table(results: dict) -> str:
     header = ["preset"] + [f"{label} ({unit})" for _, label, unit in APP_METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for preset, summary in results.items():
-        cells = [preset] + [f"{stat['median']:.3f} ({stat['min']:.3f}–{stat['max']:.3f})" if stat else "–"
-                            for stat in (summary[key] for key, _, _ in APP_METRICS)]
+        cells = [preset] + [format_stat(summary[key], unit) for key, _, unit in APP_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
