@@ -290,9 +290,9 @@ def warm_up(pipe) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from foresight.config import make_settings, on_zero_gpu
-    from foresight.models import load_models
+    from foresight.config import on_zero_gpu
     from foresight.pipeline import ForesightPipeline
+    from foresight.profiles import load, make_settings
 
     settings = make_settings(args.profile, **({"text_mode": False} if args.no_text_mode else {}))
     banner = ""
@@ -303,7 +303,7 @@ def main(argv=None) -> None:
         banner = f"⚠️ {message}"
     elif settings.profile == "full":
         print("[foresight] full profile: the first start downloads about 33 GB of weights from the hub.", flush=True)
-    models = load_models(settings, log=lambda m: print(m, flush=True))
+    models = load(settings, log=lambda m: print(m, flush=True))
     banner = "  \n".join(filter(None, [banner, f"Bridge: {models.bridge_note}."]))
     pipe = ForesightPipeline(models)
     if on_zero_gpu():

@@ -1,14 +1,15 @@
-"""Command line: `python -m foresight predict|bench|train|eval-bridge ...`."""
+"""Command line: `python -m foresight predict|check|bench|train|eval-bridge ...`."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import json
 import sys
 from pathlib import Path
 
 from foresight.config import DECODES, PRESETS, SCHEDULES
+from foresight.profiles import PROFILES
 from foresight.train import TrainConfig
 
 
@@ -23,6 +24,14 @@ def comma_list(allowed: tuple[str, ...]):
     return parse
 
 
+def add_model_options(parser: argparse.ArgumentParser, profiles=PROFILES, default: str | None = None) -> None:
+    parser.add_argument("--profile", choices=list(profiles), default=default,
+                        help="where the models come from (default: full on a CUDA GPU, tiny elsewhere)")
+    parser.add_argument("--weights", default=None, metavar="DIR",
+                        help="a bridge checkpoint folder for fused mode (also FORESIGHT_WEIGHTS); refused if it was "
+                             "trained against other base models")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m foresight", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -34,22 +43,37 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--mode", choices=["fused", "text"], default=None,
                          help="conditioning mode (default: fused when bridge weights are present, else text)")
     predict.add_argument("--seed", type=int, default=None)
-    predict.add_argument("--profile", choices=["tiny", "full", "random-full"], default=None,
-                         help="default: full on a CUDA GPU, tiny elsewhere")
+    add_model_options(predict)
     predict.add_argument("--models-dir", default=None, help="local folders named like the hub ids")
     predict.add_argument("--out", default="outputs", help="folder for the mp4")
     predict.add_argument("--events", default=None, help="write every event as JSON lines (frame data omitted)")
+    predict.add_argument("--trace", default=None, metavar="DIR",
+                         help="write the run's timeline (timeline.png) and its spans (timeline.json) here")
+
+    check = commands.add_parser("check", help="after installing: load the models, run one example, check the "
+                                              "outputs and report pass/fail with numbers")
+    add_model_options(check)
+    check.add_argument("--image", default=None, help="the image to run (default: a shipped example)")
+    check.add_argument("--json", default=None, help="also write the report here as JSON")
 
     bench = commands.add_parser("bench", help="time the user's timeline end to end")
-    bench.add_argument("--profile", choices=["tiny", "random-full"], default="tiny")
+    add_model_options(bench, profiles=("tiny", "random-full"), default="tiny")
     bench.add_argument("--preset", choices=list(PRESETS), action="append", default=None)
-    bench.add_argument("--mode", choices=["fused", "text"], default=None)
+    bench.add_argument("--mode", type=comma_list(("fused", "text")), default=None,
+                       help="one or both of fused,text (default: the models' default mode)")
     bench.add_argument("--runs", type=int, default=5)
     bench.add_argument("--decode", type=comma_list(DECODES), default=None,
                        help=f"one or more of {','.join(DECODES)} (default: the profile's, static on CUDA)")
     bench.add_argument("--schedule", type=comma_list(SCHEDULES), default=None,
                        help=f"one or more of {','.join(SCHEDULES)} (default: the profile's)")
+    bench.add_argument("--pace", default=None, help="text pace(s) while the video renders, tokens/s, comma-separated "
+                                                   "(0: not paced; default: the settings')")
+    bench.add_argument("--previews", default=None,
+                       help="preview cadence(s), comma-separated: every N steps, 0 for none (default: the settings')")
+    bench.add_argument("--compile-video", action="store_true", help="torch.compile the LTX transformer first")
     bench.add_argument("--max-new-tokens", type=int, default=None, help="tokens per run (default: the profile's)")
+    bench.add_argument("--trace", default=None, metavar="DIR",
+                       help="write one run's timeline per preset, mode and variant (PNG and JSON spans) here")
     bench.add_argument("--app", default=None, metavar="URL",
                        help="time a running app (python app.py, a Space, a share link) as its client sees it, "
                             "instead of the pipeline in this process")
@@ -60,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--objective", choices=["distill", "video"], default="distill")
     train.add_argument("--out", required=True, help="the checkpoint folder, e.g. weights/my-bridge")
     train.add_argument("--captions", default=None, help='JSON lines {"file": ..., "caption": ...} (optional)')
-    train.add_argument("--profile", choices=["tiny", "full", "random-full"], default=None)
+    train.add_argument("--profile", choices=list(PROFILES), default=None)
     train.add_argument("--resume", action="store_true", help="continue from OUT/training/state.pt")
     defaults = TrainConfig()
     for name in ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "val_fraction",
@@ -68,64 +92,105 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(defaults, name)
         train.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     train.add_argument("--preset", choices=list(PRESETS), default=defaults.preset,
-                       help="images are fitted to it as in the app; clips are cropped to its square and length")
+                       help="video objective: clips are cropped to this preset's square and length")
 
     evaluate = commands.add_parser("eval-bridge", help="held-out loss and a text-vs-fused preview grid")
     evaluate.add_argument("--weights", required=True, help="a bridge checkpoint folder")
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--objective", choices=["distill", "video"], default="distill")
     evaluate.add_argument("--captions", default=None)
-    evaluate.add_argument("--profile", choices=["tiny", "full", "random-full"], default=None)
+    evaluate.add_argument("--profile", choices=list(PROFILES), default=None)
     evaluate.add_argument("--preset", choices=list(PRESETS), default=defaults.preset)
     evaluate.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     evaluate.add_argument("--grid", default="bridge-grid.png", help="where to write the comparison grid")
     evaluate.add_argument("--grid-images", type=int, default=4)
 
     args = parser.parse_args(argv)
+    if args.command == "bench" and args.app:
+        from foresight.bench import app_command
+
+        return app_command(args)
+    return run_command(args)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_command(args) -> int:
+    """Load the models the command asks for, then run it."""
+    from foresight.bridge import BridgeError
+    from foresight.inputs import InputError, load_image
+    from foresight.profiles import load, make_settings
+
     if args.command == "predict":
-        return predict_command(args)
+        try:  # refuse a bad image before loading any model
+            load_image(args.image)
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    overrides = {}
+    if getattr(args, "models_dir", None):
+        overrides["models_dir"] = Path(args.models_dir)
+    if args.command != "eval-bridge" and getattr(args, "weights", None):
+        overrides["weights"] = Path(args.weights)
+    if args.command in ("predict", "check") and "FORESIGHT_DECODE" not in os.environ:
+        overrides["decode"] = "dynamic"  # one run: compiling the static decode would cost more than it saves
+    if args.command == "bench":
+        overrides.update({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {},
+                         **({"compile_video": True} if args.compile_video else {}))
+    try:
+        settings = make_settings(args.profile, **overrides)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if settings.profile == "tiny":
+        log("[foresight] tiny profile: random-weight stand-ins, the outputs are noise. "
+            "On a CUDA machine run with --profile full for the real models.")
+    quiet = args.command in ("bench", "eval-bridge")
+    try:
+        models = load(settings, log=(lambda m: None) if quiet else log,
+                      load_text_encoder=(args.objective == "distill") if args.command == "train" else None)
+    except BridgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "predict":
+        return predict_command(models, args)
+    if args.command == "check":
+        from foresight.check import check_command
+
+        return check_command(models, args, log)
     if args.command == "train":
         from foresight.train import train_command
 
-        return train_command(args)
+        return train_command(models, args, log)
     if args.command == "eval-bridge":
         from foresight.evaluate import eval_command
 
-        return eval_command(args)
+        return eval_command(models, args, log)
     from foresight.bench import bench_command
 
-    return bench_command(args)
+    return bench_command(models, args, log)
 
 
-def predict_command(args) -> int:
+def predict_command(models, args) -> int:
     from foresight.events import for_log
-    from foresight.inputs import InputError, load_image
-
-    try:  # refuse a bad image before loading any model
-        load_image(args.image)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from foresight.config import make_settings
-    from foresight.models import load_models
     from foresight.pipeline import ForesightPipeline
+    from foresight.trace import write_trace
 
-    # One run: compiling the static-cache decode (~50 s on a GPU) would cost more than it saves.
-    one_run = {} if os.environ.get("FORESIGHT_DECODE") else {"decode": "dynamic"}
-    settings = make_settings(args.profile, models_dir=args.models_dir, **one_run)
-    if settings.profile == "tiny":
-        print("[foresight] tiny profile: random weights, the outputs are noise. "
-              "On a CUDA machine run with --profile full for the real models.", file=sys.stderr)
-    pipe = ForesightPipeline(load_models(settings, log=lambda m: print(m, file=sys.stderr)))
-    log = open(args.events, "w") if args.events else None
+    pipe = ForesightPipeline(models)
+    events_log = open(args.events, "w") if args.events else None
     status = 0
     try:
         for ev in pipe(args.image, prompt=args.prompt, preset=args.preset, mode=args.mode, seed=args.seed,
                        out_dir=args.out):
-            if log:
-                log.write(json.dumps(for_log(ev)) + "\n")
-                log.flush()
-            if ev["type"] == "text_chunk":
+            if events_log:
+                events_log.write(json.dumps(for_log(ev)) + "\n")
+                events_log.flush()
+            if ev["type"] == "thinking_start":
+                for note in ev["input_notes"]:
+                    log(f"[foresight] {note}")
+            elif ev["type"] == "text_chunk":
                 print(ev["content"], end="", flush=True)
             elif ev["type"] == "error":
                 print(f"\nerror ({ev['stage']}): {ev['message']}", file=sys.stderr)
@@ -133,13 +198,16 @@ def predict_command(args) -> int:
             elif ev["type"] == "thinking_complete":
                 print()
                 if ev["video_url"]:
-                    print(f"video: {Path(ev['video_url'])}", file=sys.stderr)
-                print(f"mode {ev['mode']}, seed {ev['seed']}; first token {_secs(ev['ttft'])}, "
-                      f"first frame {_secs(ev['first_frame'])}, video ready {_secs(ev['video_ready'])}",
-                      file=sys.stderr)
+                    log(f"video: {Path(ev['video_url'])}")
+                log(f"mode {ev['mode']}, seed {ev['seed']}; first token {_secs(ev['ttft'])}, "
+                    f"first preview {_secs(ev['first_frame'])}, video ready {_secs(ev['video_ready'])}")
+                if args.trace:
+                    _, png = write_trace(args.trace, "timeline", ev, f"{Path(args.image).name} · {args.preset} · "
+                                                                     f"{ev['mode']} · profile {models.settings.profile}")
+                    log(f"timeline: {png}")
     finally:
-        if log:
-            log.close()
+        if events_log:
+            events_log.close()
     return status
 
 

@@ -1,9 +1,10 @@
 """`python -m foresight bench`: the user's timeline, measured end to end through the pipeline's events.
 
-Each run goes through ForesightPipeline exactly as the app drives it. Per preset it reports the
-median and range over runs of: first token, first preview frame, mp4 ready, text tokens/s while
-the video renders and alone, the time to write the mp4, the pipeline's own overhead (JPEG
-previews and frames, mp4 writing) as a share of the run, and peak GPU memory.
+Each run goes through ForesightPipeline exactly as the app drives it. Per preset and mode it
+reports the median and range over runs of: first text, first preview, mp4 ready, text tokens/s
+while the video renders and alone, the time to write the mp4, and peak GPU memory. Variants
+(decode, schedule, text pace, preview cadence) each get their own pipeline on the same loaded
+models. `--trace DIR` writes one run's timeline per preset, mode and variant.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import itertools
 import json
 import os
 import platform
+import re
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -23,16 +24,16 @@ import torch
 
 from foresight.config import PRESETS
 from foresight.pipeline import ForesightPipeline
+from foresight.trace import write_trace
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cat.jpg"
 METRICS = [  # key, label, unit
-    ("ttft", "first token", "s"),
-    ("first_frame", "first preview frame", "s"),
+    ("ttft", "first text", "s"),
+    ("first_frame", "first preview", "s"),
     ("video_ready", "mp4 ready", "s"),
     ("tok_s_with_video", "text while video renders", "tok/s"),
     ("tok_s_alone", "text alone", "tok/s"),
     ("mp4_write", "mp4 writing", "s"),
-    ("overhead_share", "pipeline overhead / mp4 ready", "%"),
     ("peak_gib", "peak GPU memory", "GiB"),
 ]
 
@@ -43,14 +44,11 @@ def run_metrics(events: list[dict]) -> dict:
     assert end["type"] == "thinking_complete", end
     times, start, ready = end["token_times"], end["video_start"], end["video_ready"]
     metrics = {"ttft": end["ttft"], "first_frame": end["first_frame"], "video_ready": ready,
-               "mp4_write": end["overhead_s"]["mp4"], "tok_s_with_video": None, "overlap_tokens": 0}
-    if ready:  # JPEG frames and the mp4 are encoded side by side: the longer of the two is on the clock
-        metrics["overhead_share"] = 100 * max(end["overhead_s"].values()) / ready
+               "mp4_write": end["overhead_s"]["mp4"] or None, "tok_s_with_video": None, "overlap_tokens": 0}
     if start is not None and ready and times:
-        window_end = min(ready, times[-1])
-        inside = [t for t in times if start <= t <= window_end]
+        inside = [t for t in times if start <= t <= min(ready, times[-1])]
         metrics["overlap_tokens"] = len(inside)
-        if len(inside) >= 2 and window_end - start > 0:
+        if len(inside) >= 2 and inside[-1] > inside[0]:
             metrics["tok_s_with_video"] = (len(inside) - 1) / (inside[-1] - inside[0])
     return metrics
 
@@ -61,44 +59,61 @@ def text_alone(pipe, image, preset: str) -> float:
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
 
 
-def bench(pipe, presets: list[str], runs: int, mode: str | None = None, image=EXAMPLE) -> dict:
-    """{preset: summary} for one pipeline (one decode and schedule); one uncounted run per preset first."""
+def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EXAMPLE,
+          trace_dir: str | Path | None = None, label: str = "") -> dict:
+    """{"preset/mode": summary} for one pipeline; one uncounted run per preset and mode first."""
     cuda = torch.cuda.is_available()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for preset in presets:
+        for preset, mode in itertools.product(presets, modes):
             for _ in pipe(image, preset=preset, mode=mode, seed=0, out_dir=scratch):  # warm-up, not counted
                 pass
-            samples = []
+            samples, events = [], []
             for seed in range(runs):
                 if cuda:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
-                metrics = run_metrics(list(pipe(image, preset=preset, mode=mode, seed=seed, out_dir=scratch)))
+                events = list(pipe(image, preset=preset, mode=mode, seed=seed, out_dir=scratch))
+                metrics = run_metrics(events)
                 metrics["tok_s_alone"] = text_alone(pipe, image, preset)
                 metrics["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
                 samples.append(metrics)
-            results[preset] = summarize(samples)
+            mode_ran = events[-1]["mode"]
+            results[f"{preset}/{mode_ran}"] = summarize(samples)
+            if trace_dir:
+                name = re.sub(r"[^A-Za-z0-9.]+", "-", f"{preset}-{mode_ran}-{label}").strip("-")
+                write_trace(trace_dir, name, events[-1], f"{preset} · {mode_ran} · {label} · {machine()}")
     return results
 
 
-def bench_variants(models, presets: list[str], runs: int, decodes: list[str], schedules: list[str],
-                   mode: str | None = None, image=EXAMPLE, log=lambda message: None,
-                   on_variant=lambda results: None) -> dict:
-    """{"decode/schedule": {preset: summary}}: every combination on the same loaded models.
+def variants(settings, decodes, schedules, paces, previews) -> list[tuple[str, object]]:
+    """(label, settings) for every combination asked for, shared schedules first (an untried
+    `streams` crash then loses nothing else)."""
+    out = []
+    for schedule, decode, pace, every in itertools.product(schedules, decodes, paces, previews):
+        changed = replace(settings, decode=decode, schedule=schedule, text_pace=pace, preview_every=every)
+        out.append((f"{decode}/{schedule}/pace {pace:g}/previews {every}", changed))
+    return out
 
-    Each combination gets its own pipeline (its own worker threads and streams) and its warm-up,
-    which pays the static decode's compile; a decode that falls back is reported as what ran.
-    `on_variant(results so far)` after each combination, so a run cut short keeps what it measured.
+
+def bench_variants(models, presets: list[str], runs: int, settings_list, modes: list[str | None],
+                   image=EXAMPLE, log=lambda message: None, on_variant=lambda results: None,
+                   trace_dir=None) -> dict:
+    """{label: {"preset/mode": summary}}: every variant on the same loaded models.
+
+    Each variant gets its own pipeline (its own worker threads and streams) and its warm-up, which
+    pays the static decode's compile; a decode that falls back is reported as what ran.
+    `on_variant(results so far)` after each, so a run cut short keeps what it measured.
     """
     results = {}
-    for schedule, decode in itertools.product(schedules, decodes):  # a schedule at a time: shared ones first
-        pipe = ForesightPipeline(replace(models, settings=replace(models.settings, decode=decode, schedule=schedule)))
+    for label, settings in settings_list:
+        pipe = ForesightPipeline(replace(models, settings=settings))
         start = time.perf_counter()
         pipe.warm_up(image, log=log)
-        variant = f"{pipe.models.settings.decode}/{schedule}"
-        log(f"[bench] {variant}: warmed up in {time.perf_counter() - start:.1f}s")
-        results[variant] = bench(pipe, presets, runs, mode, image)
+        if pipe.models.settings.decode != settings.decode:
+            label = label.replace(settings.decode, pipe.models.settings.decode, 1)
+        log(f"[bench] {label}: warmed up in {time.perf_counter() - start:.1f}s")
+        results[label] = bench(pipe, presets, runs, modes, image, trace_dir, label)
         on_variant(results)
     return results
 
@@ -121,16 +136,15 @@ def format_stat(stat: dict | None, unit: str) -> str:
 
 
 def format_table(results: dict) -> str:
-    """One row per preset and decode/schedule."""
-    header = ["preset", "decode/schedule"] + [f"{label} ({unit})" for _, label, unit in METRICS]
+    """One row per preset, mode and variant."""
+    header = ["preset/mode", "variant"] + [f"{label} ({unit})" for _, label, unit in METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    presets = list(dict.fromkeys(preset for by_preset in results.values() for preset in by_preset))
-    for preset in presets:
-        for variant, by_preset in results.items():
-            if preset not in by_preset:
-                continue
-            cells = [preset, variant] + [format_stat(by_preset[preset][key], unit) for key, _, unit in METRICS]
-            lines.append("| " + " | ".join(cells) + " |")
+    rows = list(dict.fromkeys(row for by_row in results.values() for row in by_row))
+    for row in rows:
+        for variant, by_row in results.items():
+            if row in by_row:
+                cells = [row, variant] + [format_stat(by_row[row][key], unit) for key, _, unit in METRICS]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -146,8 +160,8 @@ def app_timeline(url: str, presets: list[str], runs: int, image=EXAMPLE) -> dict
     """{preset: summary} of the user's timeline through a running app's `/predict` stream.
 
     Adds what the pipeline's own events cannot see: the upload, the queue, Gradio's processing of
-    each update (an ffprobe of the mp4, copies into its cache) and the transport. Files are not
-    downloaded, as a page would fetch them beside the stream. One uncounted run per preset first.
+    each update and the transport. Files are not downloaded, as a page would fetch them beside
+    the stream. One uncounted run per preset first.
     """
     from gradio_client import Client, handle_file
 
@@ -156,10 +170,13 @@ def app_timeline(url: str, presets: list[str], runs: int, image=EXAMPLE) -> dict
     def one_run(preset: str) -> dict:
         start, seen = time.perf_counter(), {}
         for outputs in client.submit(handle_file(str(image)), "", preset, api_name="/predict"):
-            for key, value in zip(("text", "preview", "video"), outputs, strict=True):
-                is_update = isinstance(value, dict) and value.get("__type__") == "update"
-                if value and not is_update:
-                    seen.setdefault(key, time.perf_counter() - start)
+            text, media = outputs[0], outputs[1]
+            if text and not _is_update(text):
+                seen.setdefault("text", time.perf_counter() - start)
+            if media and not _is_update(media):
+                kind = "video" if str(media.get("path") if isinstance(media, dict) else media).endswith(".mp4") \
+                    else "preview"
+                seen.setdefault(kind, time.perf_counter() - start)
         seen["done"] = time.perf_counter() - start
         return seen
 
@@ -168,6 +185,10 @@ def app_timeline(url: str, presets: list[str], runs: int, image=EXAMPLE) -> dict
         one_run(preset)
         results[preset] = summarize([one_run(preset) for _ in range(runs)], APP_METRICS)
     return results
+
+
+def _is_update(value) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update"
 
 
 def format_app_table(results: dict) -> str:
@@ -185,39 +206,45 @@ def machine() -> str:
     return f"CPU only ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), torch {torch.__version__}"
 
 
-def bench_command(args) -> int:
-    if args.app:
-        presets = args.preset or ["fast", "default"]
-        started = time.strftime("%Y-%m-%d %H:%M")
-        results = app_timeline(args.app, presets, args.runs)
-        print(f"Foresight app timeline · {started} · {args.app} · client on {machine()} · {args.runs} runs per "
-              "preset · seconds from submit, median (min–max)")
-        print(format_app_table(results))
-        if args.json:
-            Path(args.json).write_text(json.dumps({"date": started, "app": args.app, "runs": args.runs,
-                                                   "results": results}, indent=2))
-        return 0
-    from foresight.config import make_settings
-    from foresight.models import load_models
-
-    overrides = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
-    settings = make_settings(args.profile, **overrides)
-    models = load_models(settings, log=lambda m: None)
-    presets = args.preset or (["fast", "default"] if settings.profile == "tiny" else list(PRESETS))
-    decodes, schedules = args.decode or [settings.decode], args.schedule or [settings.schedule]
+def app_command(args) -> int:
+    presets = args.preset or ["fast", "default"]
     started = time.strftime("%Y-%m-%d %H:%M")
-    mode = args.mode or models.modes[0]
-    title = (f"Foresight bench · {started} · profile {settings.profile} · {machine()} · {args.runs} runs per preset "
-             f"· mode {mode} · {settings.max_new_tokens} new tokens · median (min–max)")
-    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731 - stdout is the table
+    results = app_timeline(args.app, presets, args.runs)
+    print(f"Foresight app timeline · {started} · {args.app} · client on {machine()} · {args.runs} runs per "
+          "preset · seconds from submit, median (min–max)")
+    print(format_app_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"date": started, "app": args.app, "runs": args.runs,
+                                               "results": results}, indent=2))
+    return 0
+
+
+def _numbers(text: str | None, default, kind=float) -> list:
+    return [kind(item) for item in text.split(",")] if text else [default]
+
+
+def bench_command(models, args, log) -> int:
+    settings = models.settings
+    presets = args.preset or (["fast", "default"] if settings.profile == "tiny" else list(PRESETS))
+    modes = args.mode or [None]
+    settings_list = variants(settings, args.decode or [settings.decode], args.schedule or [settings.schedule],
+                             _numbers(args.pace, settings.text_pace), _numbers(args.previews, settings.preview_every,
+                                                                                 int))
+    started = time.strftime("%Y-%m-%d %H:%M")
+    title = (f"Foresight bench · {started} · profile {settings.profile} · {machine()} · {args.runs} runs · "
+             f"{settings.max_new_tokens} new tokens · compile_video {settings.compile_video} · median (min–max)")
+    if settings.profile == "random-full" and "text" in modes:
+        title += (f"\n(text mode: the random VLM writes no prediction line, so the video starts after "
+                  f"{settings.prediction_max_tokens} tokens, about a real first line)")
 
     def save(results: dict) -> None:
         log(format_table(results))
         if args.json:
             Path(args.json).write_text(json.dumps({"date": started, "profile": settings.profile, "machine": machine(),
-                                                   "runs": args.runs, "mode": mode, "results": results}, indent=2))
+                                                   "runs": args.runs, "title": title, "results": results}, indent=2))
 
-    results = bench_variants(models, presets, args.runs, decodes, schedules, args.mode, log=log, on_variant=save)
+    results = bench_variants(models, presets, args.runs, settings_list, modes, log=log, on_variant=save,
+                             trace_dir=args.trace)
     print(title)
     print(format_table(results))
     return 0

@@ -112,15 +112,17 @@ class Bridge(nn.Module):
         return self.adapter(self.fusion(vision_tokens, vlm_states, vlm_mask))
 
     def condition(self, vision_tokens, vlm_states, vlm_mask=None):
-        """-> (prompt_embeds, prompt_attention_mask) for LTX: the tokens, and a mask of those kept.
-
-        T5 captions are a prefix of real tokens followed by padding LTX never attends to; the
-        keep head learns that mask alongside the tokens. The first token is always kept.
-        """
+        """-> (prompt_embeds, prompt_attention_mask) for LTX: the tokens, and a mask of those kept."""
         embeds, keep_logits = self(vision_tokens, vlm_states, vlm_mask)
-        mask = (keep_logits > 0).long()
-        mask[:, 0] = 1
-        return embeds, mask
+        return embeds, keep_mask(keep_logits)
+
+
+def keep_mask(keep_logits: torch.Tensor) -> torch.Tensor:
+    """Which of the K tokens LTX attends to. T5 captions are a prefix of real tokens followed by
+    padding LTX never attends to; the keep head learns that mask. The first token is always kept."""
+    mask = (keep_logits > 0).long()
+    mask[:, 0] = 1
+    return mask
 
 
 def save_bridge(bridge: Bridge, folder: str | Path) -> Path:
@@ -166,19 +168,16 @@ def load_bridge(folder: str | Path, expected_base_models: dict[str, str] | None 
     return bridge
 
 
-def find_bridge_checkpoint(settings) -> tuple[Path | None, str]:
-    """The first checkpoint in `weights_dir` trained against the running base models, and a note."""
-    from foresight.models import base_models
-
-    wanted = base_models(settings)
-    candidates = sorted(p.parent for p in Path(settings.weights_dir).glob(f"*/{CONFIG_FILE}"))
+def find_bridge_checkpoint(weights_dir: str | Path, wanted: dict[str, str]) -> tuple[Path | None, str]:
+    """The first checkpoint in `weights_dir` trained against the `wanted` base models, and a note."""
+    candidates = sorted(p.parent for p in Path(weights_dir).glob(f"*/{CONFIG_FILE}"))
     for folder in candidates:
         try:
             if read_bridge_config(folder).base_models == wanted:
-                return folder, f"fused weights {folder.name} loaded (base models: {', '.join(wanted.values())})"
+                return folder, f"fused weights {folder.name} loaded"
         except BridgeError:
             continue
     if candidates:
-        return None, (f"no bridge in {settings.weights_dir} matches the running base models "
+        return None, (f"no bridge in {weights_dir} matches the running base models "
                       f"({', '.join(wanted.values())}); fused mode is off, text mode runs")
-    return None, f"no bridge weights in {settings.weights_dir}; fused mode is off, text mode runs"
+    return None, f"no bridge weights in {weights_dir}; fused mode is off, text mode runs"

@@ -1,4 +1,8 @@
-"""Presets, model ids and profiles: every knob the pipeline reads, in one place."""
+"""Settings: presets, model ids, sampling and every other knob the pipeline reads, in one place.
+
+This module knows nothing of profiles (`foresight/profiles/` turns a profile name into Settings)
+and imports nothing else from the package.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +19,17 @@ class Preset:
     num_frames: int  # LTX wants 8k+1
     fps: int
 
+    @property
+    def seconds(self) -> float:
+        return self.num_frames / self.fps
+
 
 PRESETS = {
     "fast": Preset("fast", 256, 256, 17, 16),
     "default": Preset("default", 512, 512, 33, 16),
     "high": Preset("high", 768, 768, 65, 24),
 }
-# A CUDA out-of-memory at one preset retries once at the next smaller one.
+# A CUDA out-of-memory retries at the next smaller preset, down to the smallest.
 SMALLER_PRESET = {"high": "default", "default": "fast"}
 
 
@@ -39,50 +47,84 @@ class ModelIds:
     video_single_file: str = "Lightricks/LTX-Video/ltxv-2b-0.9.8-distilled.safetensors"
 
 
-
 @dataclass(frozen=True)
 class VideoSampling:
-    """Sampler settings for a distilled LTX checkpoint (guidance 1, few steps)."""
+    """How the distilled LTX checkpoints are sampled: their own timesteps, no guidance.
 
-    num_inference_steps: int = 8
+    Sources: diffusers' LTX-Video documentation (docs/source/en/api/pipelines/ltx_video.md, the
+    0.9.7/0.9.8 distilled examples with `LTXConditionPipeline`) gives these timesteps with
+    `guidance_scale=1.0`, `decode_timestep=0.05`, `decode_noise_scale=0.025` and
+    `image_cond_noise_scale=0.0`; its usage notes say guidance-distilled variants take guidance 1
+    and timestep-aware VAEs (0.9.1 and later) decode at timestep 0.05. The timesteps are used as
+    given: the scheduler runs without dynamic or terminal shifting (`video.sampling_scheduler`).
+    """
+
+    timesteps: tuple[float, ...] = (1000, 993, 987, 981, 975, 909, 725, 0.03)
     guidance_scale: float = 1.0
-    decode_timestep: float = 0.05  # timestep-aware VAEs (0.9.1 and later)
+    decode_timestep: float = 0.05
     decode_noise_scale: float = 0.025
-    max_sequence_length: int = 128
+    image_cond_noise_scale: float = 0.0
+    max_sequence_length: int = 128  # T5 tokens for `text` mode's prompt
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
 
 
 @dataclass(frozen=True)
 class Settings:
-    profile: str  # "full", "tiny" or "random-full"
+    profile: str = "full"  # which profile made these settings; the loaders do not read it
     model_ids: ModelIds = field(default_factory=ModelIds)
     models_dir: Path | None = None  # local folders named like the hub ids, instead of the hub
-    weights_dir: Path = Path(__file__).resolve().parent.parent / "weights"
+    weights_dir: Path = Path(__file__).resolve().parent.parent / "weights"  # bridge checkpoints to pick from
+    weights: Path | None = None  # one bridge checkpoint, chosen explicitly (refused if it does not fit)
     device: str = "cpu"
     dtype: str = "bfloat16"
     sampling: VideoSampling = field(default_factory=VideoSampling)
     max_new_tokens: int = 256
-    vlm_max_pixels: int = 512 * 512  # caps Qwen's vision tokens (324 at 512x512)
-    hidden_layer: int = -3  # which VLM layer's prefill output feeds the bridge (HunyuanVideo's choice)
+    # Qwen's view of the upload, the same for every preset: its area is capped here (multiples of
+    # 28x28; 512x512 gives 324 vision tokens), whatever size the video is rendered at.
+    vlm_max_pixels: int = 512 * 512
+    vlm_min_pixels: int = 28 * 28 * 4
+    hidden_layer: int = -3  # the decoder layer whose prefill output feeds the bridge (HunyuanVideo's choice)
+    bridge_layout: dict = field(default_factory=dict)  # BridgeConfig sizes for new bridges; {} = full size
+    # `text` mode: the video waits for the prediction line; past this many tokens without one, the
+    # text so far is the prediction.
+    prediction_max_tokens: int = 60
     # Load T5-XXL (9.5 GB) for `text` mode. Off, it is skipped whenever a bridge can run `fused` mode.
     text_mode: bool = True
     # "static": a fixed-size KV cache; transformers then compiles the decode step on CUDA (CUDA graphs,
-    # "reduce-overhead"), paid once by the warm-up (~50 s). The default on CUDA: on an H100 it decodes
-    # at 94 tok/s alone and 80 beside the video, against 14-53 and 12-17 for "dynamic" (DESIGN.md,
-    # "Performance"). "dynamic": the plain growing cache, not compiled; the default on a CPU.
+    # "reduce-overhead"), paid once by the warm-up. The default on a CUDA GPU that stays; numbers in
+    # docs/BENCHMARKS.md. "dynamic": the plain growing cache, not compiled.
     decode: str = "dynamic"
     static_cache_len: int = 2048  # one size for every call, so the compiled step is reused
     # How the two workers share the GPU: "shared" (one stream) or "streams" (the text on its own
     # high-priority stream); see foresight/scheduling.py.
     schedule: str = "shared"
+    # While the video renders, the text is held to this many tokens a second (0: not held), so the
+    # video gets the GPU; it runs at full speed before and after.
+    text_pace: float = 0.0
+    # Previews: decode the denoising estimate every `preview_every` steps (0: no previews), as its
+    # first and last latent frames ("ends", cheap) or the whole clip ("whole", exact).
+    preview_every: int = 1
+    preview_decode: str = "ends"
+    compile_video: bool = False  # torch.compile the LTX transformer (the warm-up pays it, per preset)
 
 
 DECODES = ("dynamic", "static")
 SCHEDULES = ("shared", "streams")  # foresight/scheduling.py
+PREVIEW_DECODES = ("ends", "whole")
 
-# Environment overrides of the model ids (full and random-full profiles). For the 13B distilled
-# model: FORESIGHT_VIDEO_ID=Lightricks/LTX-Video-0.9.8-13B-distilled FORESIGHT_VIDEO_SINGLE_FILE=
+# Environment overrides of the model ids. For the 13B distilled model:
+# FORESIGHT_VIDEO_ID=Lightricks/LTX-Video-0.9.8-13B-distilled FORESIGHT_VIDEO_SINGLE_FILE=
 MODEL_ID_ENV = {"vlm": "FORESIGHT_VLM_ID", "vision": "FORESIGHT_VISION_ID", "video": "FORESIGHT_VIDEO_ID",
                 "video_single_file": "FORESIGHT_VIDEO_SINGLE_FILE"}
+
+
+def base_models(settings: Settings) -> dict[str, str]:
+    """The base models a bridge is trained against, as its checkpoint records them."""
+    ids = settings.model_ids
+    return {"vlm": ids.vlm, "vision": ids.vision, "video": ids.video_single_file or ids.video}
 
 
 def cuda_available() -> bool:
@@ -102,49 +144,41 @@ def default_decode(on_cuda: bool) -> str:
     return "static" if on_cuda and not on_zero_gpu() else "dynamic"
 
 
-def default_profile() -> str:
-    return os.environ.get("FORESIGHT_PROFILE") or ("full" if cuda_available() else "tiny")
-
-
 def cache_dir() -> Path:
     return Path(os.environ.get("FORESIGHT_CACHE", Path.home() / ".cache" / "foresight"))
 
 
-def make_settings(profile: str | None = None, models_dir: str | Path | None = None, **overrides) -> Settings:
-    """Settings for a profile. `tiny` points every loader at the tiny checkpoints it writes."""
-    profile = profile or default_profile()
-    if profile not in ("full", "tiny", "random-full"):
-        raise ValueError(f"unknown profile {profile!r}: use full, tiny or random-full")
-    models_dir = models_dir or os.environ.get("FORESIGHT_MODELS_DIR")
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.lower() not in ("0", "false", "no", "off", "")
+
+
+def settings_from_env(**overrides) -> Settings:
+    """Settings for this machine (CUDA or not) with the FORESIGHT_* environment applied, then `overrides`."""
     on_cuda = cuda_available()
+    env = os.environ.get
     settings = Settings(
-        profile=profile,
         model_ids=ModelIds(**{k: os.environ[v] for k, v in MODEL_ID_ENV.items() if v in os.environ}),
-        models_dir=Path(models_dir) if models_dir else None,
+        models_dir=Path(env("FORESIGHT_MODELS_DIR")) if env("FORESIGHT_MODELS_DIR") else None,
+        weights=Path(env("FORESIGHT_WEIGHTS")) if env("FORESIGHT_WEIGHTS") else None,
         device="cuda" if on_cuda else "cpu",
         dtype="bfloat16" if on_cuda else "float32",
-        text_mode=os.environ.get("FORESIGHT_TEXT_MODE", "1") not in ("0", "false", "no"),
-        decode=os.environ.get("FORESIGHT_DECODE") or default_decode(on_cuda),
-        schedule=os.environ.get("FORESIGHT_SCHEDULE", "shared"),
+        text_mode=_flag("FORESIGHT_TEXT_MODE", True),
+        decode=env("FORESIGHT_DECODE") or default_decode(on_cuda),
+        schedule=env("FORESIGHT_SCHEDULE") or "shared",
     )
-    if settings.decode not in DECODES:
-        raise ValueError(f"FORESIGHT_DECODE={settings.decode!r}: use one of {', '.join(DECODES)}")
-    if settings.schedule not in SCHEDULES:
-        raise ValueError(f"FORESIGHT_SCHEDULE={settings.schedule!r}: use one of {', '.join(SCHEDULES)}")
-    if profile == "tiny":
-        from foresight.tiny import ensure_tiny_models
+    return check(replace(settings, **overrides))
 
-        models_dir, weights_dir = ensure_tiny_models()
-        settings = replace(
-            settings,
-            model_ids=ModelIds(),  # the tiny checkpoints exist under the default ids only
-            models_dir=models_dir,
-            weights_dir=weights_dir,
-            max_new_tokens=48,
-            vlm_max_pixels=56 * 56,
-            sampling=replace(settings.sampling, num_inference_steps=4),
-        )
-    return replace(settings, **overrides)
+
+def check(settings: Settings) -> Settings:
+    """Refuse settings the pipeline cannot run, with the variable or argument to change."""
+    if settings.decode not in DECODES:
+        raise ValueError(f"decode {settings.decode!r} (FORESIGHT_DECODE): use one of {', '.join(DECODES)}")
+    if settings.schedule not in SCHEDULES:
+        raise ValueError(f"schedule {settings.schedule!r} (FORESIGHT_SCHEDULE): use one of {', '.join(SCHEDULES)}")
+    if settings.preview_decode not in PREVIEW_DECODES:
+        raise ValueError(f"preview decode {settings.preview_decode!r}: use one of {', '.join(PREVIEW_DECODES)}")
+    return settings
 
 
 def resolve(settings: Settings, model_id: str) -> str:

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from foresight.config import PRESETS, Preset, cache_dir
+from foresight.config import PRESETS, Preset, base_models, cache_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv"}
 SHARD_SIZE = 64
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3  # bump when what the features are made from changes in a way the key cannot see
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def read_captions(path: str | Path) -> dict[str, str]:
 
 
 def square(image: Image.Image, preset: Preset) -> Image.Image:
-    """Training crops every item to the preset's square, so that a batch's latents share one shape."""
+    """A clip's frames are cropped to the preset's square, so that a batch's latents share one shape."""
     return ImageOps.fit(image.convert("RGB"), (preset.width, preset.height), Image.Resampling.LANCZOS)
 
 
@@ -80,18 +80,16 @@ def read_clip(path: Path, preset: Preset) -> np.ndarray:
     return np.stack(frames)
 
 
-def first_frame(item: Item, preset: Preset, crop_square: bool) -> Image.Image:
-    """The item's image as the models see it: fitted to the preset as in the app, or cropped to the
-    preset's square when it must line up with the clip's latents (video objective)."""
-    from foresight.inputs import fit_to_preset, load_image
+def item_image(item: Item) -> Image.Image:
+    """The item as the app would load it: the image file (`inputs.load_image`), or a clip's first frame.
+    Qwen and DINOv2 see this, exactly as they see an upload when serving."""
+    from foresight.inputs import load_image
 
     if item.path.suffix.lower() in VIDEO_SUFFIXES:
         import imageio.v3 as iio
 
-        image = Image.fromarray(next(iter(iio.imiter(item.path, plugin="FFMPEG"))))
-    else:
-        image = load_image(item.path)
-    return square(image, preset) if crop_square else fit_to_preset(image, preset)
+        return load_image(Image.fromarray(next(iter(iio.imiter(item.path, plugin="FFMPEG")))))
+    return load_image(item.path)
 
 
 @torch.inference_mode()
@@ -101,11 +99,7 @@ def item_features(models, item: Item, objective: str, preset: Preset, num_tokens
     from foresight import video as video_stage
     from foresight import vlm as vlm_stage
 
-    if objective == "video":  # the condition image is the clip's own first (square-cropped) frame
-        clip = read_clip(item.path, preset)
-        image = Image.fromarray(clip[0])
-    else:
-        image = first_frame(item, preset, crop_square=False)
+    image = item_image(item)
     inputs = vlm_stage.build_inputs(models, image, "")
     features = {"vision": video_stage.vision_tokens(models, image)[0]}
     caption = item.caption
@@ -114,11 +108,10 @@ def item_features(models, item: Item, objective: str, preset: Preset, num_tokens
     else:
         features["vlm"] = vlm_stage.prefill_states(models, inputs)[0]
     if objective == "distill":
-        embeds, mask, _, _ = models.video.encode_prompt(
-            caption, do_classifier_free_guidance=False, max_sequence_length=num_tokens, device=models.video.device)
+        embeds, mask = video_stage.text_conditioning(models, caption, max_sequence_length=num_tokens)
         features.update(target=embeds[0], target_mask=mask[0].to(torch.uint8))
     else:
-        features["latents"] = clip_latents(models.video, clip)
+        features["latents"] = clip_latents(models.video_pipeline, read_clip(item.path, preset))
     return {k: v.detach().to("cpu", torch.bfloat16 if v.is_floating_point() else v.dtype).contiguous()
             for k, v in features.items()}
 
@@ -146,10 +139,15 @@ def clip_latents(pipe, frames: np.ndarray) -> torch.Tensor:
 
 
 def features_key(models, items: list[Item], objective: str, preset: str, num_tokens: int) -> str:
-    from foresight.models import base_models
+    """Everything that changes the features: the models, how Qwen is prompted and sees the image,
+    which layer is read, the objective's targets, and the items themselves."""
+    from foresight.vlm import SYSTEM_PROMPT
 
-    h = hashlib.sha256(json.dumps([FEATURES_VERSION, base_models(models.settings), models.settings.profile,
-                                   models.settings.hidden_layer, objective, preset, num_tokens]).encode())
+    settings = models.settings
+    h = hashlib.sha256(json.dumps([FEATURES_VERSION, base_models(settings), str(settings.models_dir),
+                                   settings.profile, SYSTEM_PROMPT, settings.vlm_min_pixels, settings.vlm_max_pixels,
+                                   settings.hidden_layer, objective, preset if objective == "video" else None,
+                                   num_tokens]).encode())
     for item in items:
         stat = item.path.stat()
         h.update(f"{item.path}|{stat.st_size}|{stat.st_mtime_ns}|{item.caption}".encode())

@@ -13,12 +13,13 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, ImageDraw, ImageOps
 
 from foresight.bridge import Bridge, BridgeError, load_bridge
-from foresight.config import PRESETS
-from foresight.data import FeatureSet, first_frame, list_items, split
+from foresight.config import base_models
+from foresight.data import FeatureSet, item_image, list_items, split
 from foresight.events import decode_frame
 from foresight.train import Trainer, TrainConfig
 
@@ -35,9 +36,10 @@ def held_out_metrics(models, features: FeatureSet, bridge: Bridge, config: Train
 
 
 def final_frame(pipe, image, mode: str, seed: int, preset: str) -> Image.Image:
+    """The video's last frame (a dark cell when no video came)."""
     with tempfile.TemporaryDirectory() as scratch:
-        frames = [ev for ev in pipe(image, preset=preset, mode=mode, seed=seed, out_dir=scratch)
-                  if ev["type"] == "video_frame"]
+        frames = [ev for ev in pipe(image, preset=preset, mode=mode, seed=seed, out_dir=scratch, frame_events=True)
+                  if ev["type"] == "video_frame" and ev["kind"] == "frame"]
     if not frames:
         return Image.new("RGB", (CELL, CELL), (40, 40, 40))
     return decode_frame(frames[-1])
@@ -65,16 +67,11 @@ def comparison_grid(models, bridge: Bridge, name: str, images: list[Image.Image]
     return out
 
 
-def eval_command(args) -> int:
-    from foresight.config import make_settings
-    from foresight.models import base_models, load_models
-
-    settings = make_settings(args.profile)
-    models = load_models(settings, log=lambda m: None)
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731 - stdout carries the JSON report
+def eval_command(models, args, log: Callable[[str], None]) -> int:
+    """`python -m foresight eval-bridge`, on models the command line loaded."""
     bridge_dir = Path(args.weights)
     try:
-        bridge = load_bridge(bridge_dir, expected_base_models=base_models(settings))
+        bridge = load_bridge(bridge_dir, expected_base_models=base_models(models.settings))
     except BridgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -84,11 +81,9 @@ def eval_command(args) -> int:
     report = held_out_metrics(models, features, bridge, config)
     _, val_ids = split(features.names, args.val_fraction)
     items = {item.path.name: item for item in list_items(args.data, args.objective, args.captions)}
-    images = [first_frame(items[features.names[i]], PRESETS[args.preset], crop_square=False)
-              for i in val_ids[:args.grid_images]]
-    if images and models.video.text_encoder is not None:
+    images = [item_image(items[features.names[i]]) for i in val_ids[:args.grid_images]]
+    if images and models.video_pipeline.text_encoder is not None:
         report["grid"] = str(comparison_grid(models, bridge, bridge_dir.name, images, Path(args.grid),
                                              preset=args.preset))
     print(json.dumps(report, indent=2))
     return 0
-

@@ -1,11 +1,10 @@
-"""The streaming protocol (DESIGN.md): plain JSON-serialisable dicts with a `type` and `t`."""
+"""The streaming protocol (docs/DESIGN.md): plain JSON-serialisable dicts with a `type` and `t`."""
 
 from __future__ import annotations
 
 import base64
 import io
 
-import numpy as np
 from PIL import Image
 
 EVENT_TYPES = ("thinking_start", "text_chunk", "video_frame", "video_complete", "thinking_complete", "error")
@@ -14,12 +13,6 @@ EVENT_TYPES = ("thinking_start", "text_chunk", "video_frame", "video_complete", 
 def event(type_: str, t: float, **fields) -> dict:
     assert type_ in EVENT_TYPES, type_
     return {"type": type_, "t": round(t, 4), **fields}
-
-
-def jpeg_base64(rgb: np.ndarray, quality: int = 85) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def decode_frame(ev: dict) -> Image.Image:

@@ -1,7 +1,11 @@
-"""Loading the four models. The only loaders: `full` and `tiny` differ in where files are, not in code."""
+"""Loading the four models from the hub or from local folders. The only loaders; they know no profiles.
+
+Everything loads in the settings' dtype (bf16 on CUDA), safetensors only, no remote code.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,16 +14,16 @@ from typing import Any, Callable
 import torch
 
 from foresight.bridge import Bridge, find_bridge_checkpoint, load_bridge
-from foresight.config import Settings, resolve
+from foresight.config import Settings, base_models, resolve
 
 
 @dataclass
 class Models:
-    processor: Any  # Qwen2_5_VLProcessor
+    vlm_processor: Any  # Qwen2_5_VLProcessor
     vlm: Any  # Qwen2_5_VLForConditionalGeneration
     vision_processor: Any  # DINOv2's image processor
     vision: Any  # Dinov2Model
-    video: Any  # LTXImageToVideoPipeline (text_encoder None when `text` mode cannot run)
+    video_pipeline: Any  # LTXConditionPipeline (text_encoder None when `text` mode cannot run)
     bridge: Bridge | None  # None: no trained weights for these base models, `fused` mode unavailable
     bridge_note: str  # what was (or was not) loaded, for the page and the logs
     settings: Settings
@@ -27,7 +31,7 @@ class Models:
     @property
     def modes(self) -> list[str]:
         modes = ["fused"] if self.bridge is not None else []
-        return modes + (["text"] if self.video.text_encoder is not None else [])
+        return modes + (["text"] if self.video_pipeline.text_encoder is not None else [])
 
 
 def torch_dtype(settings: Settings) -> torch.dtype:
@@ -35,49 +39,53 @@ def torch_dtype(settings: Settings) -> torch.dtype:
 
 
 def load_models(settings: Settings, log: Callable[[str], None] = print,
-                load_text_encoder: bool | None = None) -> Models:
-    """Load every model once, in bf16 on CUDA (float32 on CPU), safetensors only.
+                load_text_encoder: bool | None = None, describe: Callable[[str], str] = str) -> Models:
+    """Load every model once, in the settings' dtype and device, safetensors only.
 
     T5-XXL is loaded when `text` mode can be asked for (`settings.text_mode`) or is the only mode
     (no bridge); `load_text_encoder` forces the choice (training's video objective needs no T5).
+    `describe(model_id)` names a model in the console lines (a profile's stand-ins say what they are).
+    Raises BridgeError when `settings.weights` names a checkpoint that does not fit these models.
     """
-    if settings.profile == "random-full":
-        from foresight.random_full import build_random_full_models
-
-        return build_random_full_models(settings, log, needs_text_encoder(settings, True, load_text_encoder))
     from transformers import AutoImageProcessor, AutoProcessor, Dinov2Model, Qwen2_5_VLForConditionalGeneration
 
     dtype, device, ids = torch_dtype(settings), settings.device, settings.model_ids
-    common = dict(use_safetensors=True)
 
-    def step(what: str, fn: Callable[[], Any]) -> Any:
+    def step(what: str, model_id: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
-        log(f"[foresight] loading {what} ...")
+        log(f"[foresight] loading {what} {describe(model_id)} ...")
         out = fn()
         log(f"[foresight] loaded {what} in {time.perf_counter() - start:.1f}s")
         return out
 
+    bridge, bridge_note = load_bridge_for(settings)  # first: a refused --weights costs no model loading
     vlm_path = resolve(settings, ids.vlm)
-    processor = step(f"processor {ids.vlm}", lambda: AutoProcessor.from_pretrained(vlm_path))
-    vlm = step(f"VLM {ids.vlm}", lambda: Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        vlm_path, dtype=dtype, **common).to(device).eval())
-
+    vlm_processor = AutoProcessor.from_pretrained(vlm_path)
+    vlm = step("VLM", ids.vlm, lambda: Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        vlm_path, dtype=dtype, use_safetensors=True).to(device).eval())
     vision_path = resolve(settings, ids.vision)
     vision_processor = AutoImageProcessor.from_pretrained(vision_path)
-    vision = step(f"vision {ids.vision}", lambda: Dinov2Model.from_pretrained(
-        vision_path, dtype=dtype, **common).to(device).eval())
-
-    bridge_folder, bridge_note = find_bridge_checkpoint(settings)
-    bridge = None
-    if bridge_folder is not None:
-        bridge = load_bridge(bridge_folder, expected_base_models=base_models(settings)).to(device, dtype).eval()
+    vision = step("vision model", ids.vision, lambda: Dinov2Model.from_pretrained(
+        vision_path, dtype=dtype, use_safetensors=True).to(device).eval())
+    if bridge is not None:
+        bridge = bridge.to(device, dtype).eval()
     log(f"[foresight] bridge: {bridge_note}")
-
-    load_text_encoder = needs_text_encoder(settings, bridge is not None, load_text_encoder)
-    if not load_text_encoder:
+    with_t5 = needs_text_encoder(settings, bridge is not None, load_text_encoder)
+    if not with_t5:
         log("[foresight] text mode off: T5-XXL is not loaded")
-    video = step(f"video {ids.video}", lambda: load_video_pipeline(settings, load_text_encoder))
-    return Models(processor, vlm, vision_processor, vision, video, bridge, bridge_note, settings)
+    video_pipeline = step("video model", ids.video_single_file or ids.video,
+                          lambda: load_video_pipeline(settings, with_t5))
+    return Models(vlm_processor, vlm, vision_processor, vision, video_pipeline, bridge, bridge_note, settings)
+
+
+def load_bridge_for(settings: Settings) -> tuple[Bridge | None, str]:
+    """The bridge `settings.weights` names (refused if it does not fit), else the first fitting one in `weights_dir`."""
+    if settings.weights is not None:
+        folder = Path(settings.weights)
+        bridge = load_bridge(folder, expected_base_models=base_models(settings))
+        return bridge, f"fused weights {folder.name} loaded"
+    folder, note = find_bridge_checkpoint(settings.weights_dir, base_models(settings))
+    return (load_bridge(folder) if folder is not None else None), note
 
 
 def needs_text_encoder(settings: Settings, bridge_loaded: bool, forced: bool | None = None) -> bool:
@@ -85,14 +93,9 @@ def needs_text_encoder(settings: Settings, bridge_loaded: bool, forced: bool | N
     return forced if forced is not None else settings.text_mode or not bridge_loaded
 
 
-def base_models(settings: Settings) -> dict[str, str]:
-    ids = settings.model_ids
-    return {"vlm": ids.vlm, "vision": ids.vision, "video": ids.video_single_file or ids.video}
-
-
 def load_video_pipeline(settings: Settings, load_text_encoder: bool = True):
-    """LTX image-to-video; a single-file transformer (and VAE, if the file has one) when configured."""
-    from diffusers import AutoencoderKLLTXVideo, LTXImageToVideoPipeline, LTXVideoTransformer3DModel
+    """LTX image-to-video (LTXConditionPipeline); a single-file transformer (and VAE, if the file has one)."""
+    from diffusers import AutoencoderKLLTXVideo, LTXConditionPipeline, LTXVideoTransformer3DModel
 
     dtype, ids = torch_dtype(settings), settings.model_ids
     folder = resolve(settings, ids.video)
@@ -102,13 +105,33 @@ def load_video_pipeline(settings: Settings, load_text_encoder: bool = True):
         parts["transformer"] = LTXVideoTransformer3DModel.from_single_file(
             single_file, config=folder, subfolder="transformer", dtype=dtype)
         if _has_vae_weights(single_file):
-            parts["vae"] = AutoencoderKLLTXVideo.from_single_file(
-                single_file, config=folder, subfolder="vae", dtype=dtype)
+            parts["vae"] = AutoencoderKLLTXVideo.from_single_file(single_file, config=folder, subfolder="vae",
+                                                                  dtype=dtype)
     if not load_text_encoder:
         parts.update(text_encoder=None, tokenizer=None)
-    pipe = LTXImageToVideoPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True, **parts)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(settings.device)
+    pipeline = LTXConditionPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True, **parts)
+    return prepare_video_pipeline(pipeline.to(settings.device), settings)
+
+
+def prepare_video_pipeline(pipeline, settings: Settings):
+    """Ready to sample the distilled checkpoints as documented (config.VideoSampling).
+
+    Their timesteps are used as given: a scheduler without dynamic or terminal shifting, which
+    would otherwise bend them (and with dynamic shifting on, as in the 0.9.5 repo's scheduler
+    config, LTXConditionPipeline's call, which passes no `mu`, fails). With `compile_video`, the
+    transformer's repeated blocks are compiled (diffusers' regional compilation: one block
+    compiled once, shapes dynamic, so no preset or aspect ratio compiles again).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    # Without shifting the timesteps and sigmas agree; its per-call warning that they may not is noise.
+    logging.getLogger("diffusers.schedulers.scheduling_flow_match_euler_discrete").setLevel(logging.ERROR)
+    pipeline.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+        pipeline.scheduler.config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None)
+    pipeline.set_progress_bar_config(disable=True)
+    if settings.compile_video:
+        pipeline.transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)
+    return pipeline
 
 
 def _local_single_file(settings: Settings, spec: str) -> str:
@@ -127,3 +150,4 @@ def _has_vae_weights(path: str) -> bool:
 
     with safe_open(path, framework="pt") as f:
         return any(key.startswith("vae.") for key in f.keys())
+

@@ -1,16 +1,23 @@
-"""ForesightPipeline: one image in, a stream of protocol events out (text and video, in parallel).
+"""ForesightPipeline: one image in, the streaming protocol's events out.
 
-    pipe = ForesightPipeline(load_models(make_settings("tiny")))
-    for ev in pipe("cat.jpg", prompt="What will the cat do?", preset="fast"):
+    pipe = ForesightPipeline(models)
+    for event in pipe("cat.jpg", prompt="What will the cat do?", preset="fast"):
         ...
 
-Two long-lived worker threads feed one queue per run: the thinker (Qwen prefill, then streamed
-decode) and the renderer (bridge or T5 conditioning, LTX steps with previews, frames, mp4). The
-renderer starts once the prefill has produced the first token, so the first token never waits for
-the video. The workers live as long as the pipeline, not one run: CUDA graphs of a compiled decode
-step are recorded per thread (torch's cudagraph trees keep thread-local state), so a fresh thread
-per run would record them again every time. The generator yields the queue's events as they come;
-closing it (Stop, a dropped client) stops both workers at their next token or denoising step.
+A run is one timeline, and `_conduct` reads as it:
+
+1. the thinker prefills Qwen: the first token, and the hidden states the bridge reads;
+2. the text streams from that first token;
+3. the video starts as soon as its conditioning can exist: in `fused` mode right after the
+   prefill, in `text` mode once the prediction line is written; while it renders, the text is
+   paced so that the denoising steps get the GPU;
+4. a preview per step, then the mp4;
+5. the rest of the text at full speed.
+
+The two workers (long-lived threads: CUDA graphs of a compiled decode step are recorded per
+thread) only do work and report what happened as messages; every decision (when the video
+starts, pacing, the out-of-memory fallback, Stop, failures) is taken in `_conduct`. Closing the
+generator (Stop, a dropped client) stops both workers at their next token or denoising step.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,69 +38,76 @@ import torch
 
 from foresight import video as video_stage
 from foresight import vlm as vlm_stage
-from foresight.config import PRESETS, SMALLER_PRESET
-from foresight.events import event, jpeg_base64
-from foresight.inputs import InputError, check_question, fit_to_preset, load_image
-from foresight.scheduling import use_stream, worker_streams
+from foresight.config import PRESETS, SMALLER_PRESET, Preset
+from foresight.events import event
+from foresight.inputs import InputError, check_question, load_image, video_view
+from foresight.media import jpeg_base64, write_mp4
+from foresight.scheduling import HostCopier, Pacer, use_stream, worker_streams
+from foresight.trace import Trace
 
-FALLBACK_PREDICTION_CHARS = 200  # text mode: use this much of the text if no line break comes
+FALLBACK_PREDICTION = "The scene continues naturally."
+PREDICTION_MAX_CHARS = 200  # a prediction made of the text so far, when no line came, is cut here
 
 
 @dataclass
-class _Run:
-    """What the two workers share during one run."""
+class Message:
+    """What a worker reports to the conductor."""
 
-    clock_start: float
-    stop: threading.Event
-    events: queue.Queue = field(default_factory=queue.Queue)
-    first_token: threading.Event = field(default_factory=threading.Event)
-    prediction_ready: threading.Event = field(default_factory=threading.Event)
-    text_done: threading.Event = field(default_factory=threading.Event)
-    text: list[str] = field(default_factory=list)
-    prediction: str | None = None
-    capture: vlm_stage.PrefillCapture | None = None
-    token_times: list[float] = field(default_factory=list)  # when each generated token existed
-    video_start: float | None = None  # when the renderer had its conditioning and began denoising
-    seconds: dict[str, float] = field(default_factory=lambda: {"jpeg": 0.0, "mp4": 0.0})  # pipeline overhead
-    _held: list = field(default_factory=list)  # taken from the queue while merging text: the next one out
+    kind: str  # first_token, text, text_failed, preview, frame, video_done, out_of_memory, video_failed, done
+    data: dict = field(default_factory=dict)
+
+
+@dataclass
+class VideoJob:
+    """One rendering: LTX's condition image fitted to `preset`, and what conditions the video."""
+
+    preset: Preset
+    image: object  # PIL image fitted to the preset: the clip's first frame
+    upload: object  # PIL image as loaded: what DINOv2 and Qwen see
+    question: str = ""
+    prompt: str | None = None  # text mode: the prediction line
+    states: vlm_stage.PrefillCapture | None = None  # fused mode: the prefill's states (None: compute them)
+
+
+class Run:
+    """One run's shared state: its clock and trace, the message queue, Stop, and the pacer."""
+
+    def __init__(self, stop: threading.Event, cuda: bool):
+        self.trace = Trace(cuda=cuda)
+        self.stop = stop
+        self.pacer = Pacer()
+        self.messages: queue.Queue[Message] = queue.Queue()
+        self.token_times: list[float] = []
+        self.seconds = {"jpeg": 0.0, "mp4": 0.0}  # the pipeline's own encoding work
+        self._held: list[Message] = []
 
     def now(self) -> float:
-        return time.perf_counter() - self.clock_start
+        return self.trace.now()
 
-    def put(self, type_: str, **fields) -> None:
-        self.events.put(event(type_, self.now(), **fields))
+    def post(self, what: str, **data) -> None:
+        self.messages.put(Message(what, data))
 
-    def next_event(self) -> dict | None:
-        """The next event, or None when a worker has finished (each puts one None as it ends).
-
-        Text chunks already waiting behind a text chunk come merged into it, so a consumer that
-        falls behind (a busy web server: ~2 ms a Gradio update) gets fewer, longer chunks instead
-        of a backlog.
-        """
-        ev = self._held.pop() if self._held else self.events.get()
-        while ev is not None and ev["type"] == "text_chunk":
+    def next_message(self) -> Message:
+        """The next message; text waiting behind text comes merged, so a consumer that falls behind
+        (a busy web server: ~2 ms a Gradio update) gets fewer, longer chunks instead of a backlog."""
+        message = self._held.pop() if self._held else self.messages.get()
+        while message.kind == "text":
             try:
-                following = self.events.get_nowait()
+                following = self.messages.get_nowait()
             except queue.Empty:
                 break
-            if following is None or following["type"] != "text_chunk":
+            if following.kind != "text":
                 self._held.append(following)
                 break
-            ev = {**ev, "content": ev["content"] + following["content"], "t": following["t"]}
-        return ev
+            message = Message("text", {"chunk": message.data["chunk"] + following.data["chunk"],
+                                       "t": following.data["t"]})
+        return message
 
     def jpeg(self, rgb) -> str:
         start = time.perf_counter()
         data = jpeg_base64(rgb)
         self.seconds["jpeg"] += time.perf_counter() - start
         return data
-
-    def wait(self, flag: threading.Event) -> bool:
-        """Wait for `flag` unless the text stage ends first or Stop is pressed."""
-        while not flag.wait(0.01):
-            if self.stop.is_set() or self.text_done.is_set():
-                return flag.is_set()
-        return True
 
 
 class ForesightPipeline:
@@ -102,8 +116,8 @@ class ForesightPipeline:
         self._workers_lock = threading.Lock()
         self._workers_pid: int | None = None
 
-    def _workers(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
-        """(thinker, renderer) of this process, made on first use.
+    def _workers(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor, ThreadPoolExecutor]:
+        """(thinker, renderer, copier) of this process, made on first use.
 
         Per process: a forked child (ZeroGPU runs each GPU call in one) inherits the executors
         but not their threads, and would wait for them forever.
@@ -116,38 +130,48 @@ class ForesightPipeline:
                                                    initargs=(text_stream,))
                 self._renderer = ThreadPoolExecutor(1, "foresight-render", initializer=use_stream,
                                                     initargs=(video_stream,))
+                self._copier = ThreadPoolExecutor(1, "foresight-copy")
+                self._host = HostCopier(settings.device)
                 self._static_cache = vlm_stage.ReusedStaticCache(settings.static_cache_len)  # the thinker's
                 self._workers_pid = os.getpid()
-            return self._thinker, self._renderer
+            return self._thinker, self._renderer, self._copier
 
     def default_mode(self) -> str:
         return self.models.modes[0]
 
     def warm_up(self, image, log: Callable[[str], None] = print) -> None:
-        """One fast run before the first user: kernels, allocators, and the static decode's compile.
+        """Runs before the first user: kernels, allocators, the static decode's compile (and, with
+        `compile_video`, the transformer's for every preset).
 
         If the static decode fails here (a compiler problem on this machine), the pipeline falls
         back to the dynamic decode rather than fail every user's run.
         """
+        presets = list(PRESETS) if self.models.settings.compile_video else ["fast"]
         with tempfile.TemporaryDirectory() as scratch:
-            events = list(self(image, preset="fast", seed=0, out_dir=scratch))
+            events = list(self(image, preset=presets[0], seed=0, out_dir=scratch))
             failed = [ev["message"] for ev in events if ev["type"] == "error" and ev["stage"] == "text"]
             if failed and self.models.settings.decode == "static":
                 log(f"[foresight] the static-cache decode failed ({failed[0]}); using the dynamic decode")
                 self.models = replace(self.models, settings=replace(self.models.settings, decode="dynamic"))
-                list(self(image, preset="fast", seed=0, out_dir=scratch))
+                list(self(image, preset=presets[0], seed=0, out_dir=scratch))
+            for preset in presets[1:]:
+                list(self(image, preset=preset, seed=0, out_dir=scratch))
 
     def __call__(self, image, prompt: str = "", preset: str = "default", mode: str | None = None,
                  seed: int | None = None, out_dir: str | Path = "outputs", stop: threading.Event | None = None,
-                 reasoning: str | None = None, video: bool = True) -> Iterator[dict]:
+                 reasoning: str | None = None, video: bool = True, frame_events: bool = False) -> Iterator[dict]:
         """Yield the run's events.
 
-        `reasoning`: re-render the video for this existing text, without the VLM stream.
-        `video=False`: the reasoning alone, no video (the benchmark's "text alone").
+        `reasoning`: render the video again for this existing text, without the VLM stream.
+        `video=False`: the reasoning alone (the benchmark's "text alone").
+        `frame_events`: also a `video_frame` event (kind `frame`, a JPEG) for every final frame;
+        off by default, as the page shows the mp4 and the CLI writes it.
         """
-        run = _Run(time.perf_counter(), stop or threading.Event())
+        run = Run(stop or threading.Event(), cuda=self.models.settings.device.startswith("cuda"))
+        notes: list[str] = []
         try:
-            picture = load_image(image)
+            with run.trace.span("text", "load image", gpu=False):
+                loaded = load_image(image, notes)
             prompt = check_question(prompt)
             if preset not in PRESETS:
                 raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
@@ -156,52 +180,200 @@ class ForesightPipeline:
             yield event("error", run.now(), stage="input", message=str(exc), recoverable=True)
             return
         seed = random.randrange(2**31) if seed is None else int(seed)
-        frame = fit_to_preset(picture, PRESETS[preset])
+        condition_image = video_view(loaded, PRESETS[preset], notes)
         run_id = uuid.uuid4().hex[:12]
-        spec = PRESETS[preset]
         yield event("thinking_start", run.now(), run_id=run_id, preset=preset, mode=mode,
-                    width=frame.width, height=frame.height, num_frames=spec.num_frames, fps=spec.fps, seed=seed,
-                    note=note)
+                    width=condition_image.width, height=condition_image.height,
+                    num_frames=PRESETS[preset].num_frames, fps=PRESETS[preset].fps, seed=seed,
+                    num_steps=self.models.settings.sampling.num_steps, note=note, input_notes=notes)
+        yield from self._conduct(run, loaded, condition_image, prompt, preset, mode, seed,
+                                 Path(out_dir) / f"{run_id}.mp4", reasoning, video, frame_events)
 
-        thinker, renderer = self._workers()
-        if reasoning is None:
-            work = [thinker.submit(self._think, run, frame, prompt, mode == "fused" and video)]
-        else:
-            run.text.append(reasoning)
-            run.prediction = vlm_stage.prediction_line(reasoning + "\n")
-            work = []
-            for flag in (run.first_token, run.prediction_ready, run.text_done):
-                flag.set()
-        if video:
-            work.append(renderer.submit(self._render, run, frame, prompt, preset, mode, seed,
-                                        Path(out_dir) / f"{run_id}.mp4"))
-        timings: dict[str, float | None] = {"ttft": None, "first_frame": None, "video_ready": None}
-        video_url = None
+    def _conduct(self, run: Run, image, condition_image, prompt: str, preset: str, mode: str, seed: int,
+                 mp4_path: Path, reasoning: str | None, video: bool, frame_events: bool) -> Iterator[dict]:
+        """The timeline of one run; the only place that decides what happens next."""
+        settings = self.models.settings
+        thinker, renderer, _ = self._workers()
+        jobs: list[Future] = []
+        text, prediction, video_url = "", None, None
+        first: dict[str, float | None] = {"ttft": None, "first_frame": None, "video_ready": None}
+        rendering: VideoJob | None = None
+        video_start = None
+
+        def start_video(job: VideoJob) -> None:
+            nonlocal rendering, video_start
+            rendering, video_start = job, video_start or round(run.now(), 4)
+            run.pacer.hold(settings.text_pace)  # 3. the video gets the GPU; the text reads at a human pace
+            jobs.append(renderer.submit(self._render, run, job, seed, mp4_path, frame_events))
+
+        def video_job(**conditioning) -> VideoJob:
+            return VideoJob(PRESETS[preset], condition_image, image, prompt, **conditioning)
+
+        def text_job(line: str) -> VideoJob:
+            return video_job(prompt=line or FALLBACK_PREDICTION)
+
         try:
-            for job in work:  # runs in the worker as it ends (or at once, if it has)
-                job.add_done_callback(lambda job: run.events.put(None))
-            running = len(work)
-            while running:
-                ev = run.next_event()
-                if ev is None:
-                    running -= 1
-                    continue
-                if ev["type"] == "text_chunk" and timings["ttft"] is None:
-                    timings["ttft"] = ev["t"]
-                elif ev["type"] == "video_frame" and timings["first_frame"] is None:
-                    timings["first_frame"] = ev["t"]
-                elif ev["type"] == "video_complete":
-                    timings["video_ready"], video_url = ev["t"], ev["video_url"]
-                yield ev
-            yield event("thinking_complete", run.now(), text="".join(run.text), video_url=video_url,
-                        stopped=run.stop.is_set(), mode=mode, seed=seed, **timings, tokens=len(run.token_times),
-                        token_times=[round(t, 4) for t in run.token_times], video_start=run.video_start,
-                        overhead_s={k: round(v, 4) for k, v in run.seconds.items()})
+            if reasoning is None:  # 1. the prefill, then 2. the text streams
+                jobs.append(thinker.submit(self._think, run, image, prompt, mode == "fused" and video))
+            else:  # a video-only retry: the text exists already
+                text = reasoning
+                if video:
+                    prediction = (vlm_stage.prediction_line(reasoning + "\n") or reasoning.strip()[:PREDICTION_MAX_CHARS]) \
+                        if mode == "text" else None
+                    start_video(text_job(prediction) if mode == "text" else video_job())
+            finished = 0
+            while finished < len(jobs):
+                message = run.next_message()
+                kind, data = message.kind, message.data
+                if kind == "done":
+                    finished += 1
+                    if data["worker"] == "text" and mode == "text" and video and rendering is None \
+                            and not run.stop.is_set():  # the text ended before a line did: use what there is
+                        prediction = text.strip()[:PREDICTION_MAX_CHARS] or FALLBACK_PREDICTION
+                        start_video(text_job(prediction))
+                elif kind == "first_token":
+                    if data["capture"] is not None:  # fused: the prefill's states exist, the video can start
+                        start_video(video_job(states=data["capture"]))
+                elif kind == "text":
+                    text += data["chunk"]
+                    first["ttft"] = first["ttft"] or data["t"]
+                    yield event("text_chunk", data["t"], content=data["chunk"])
+                    if mode == "text" and video and rendering is None:  # text: the video waits for the prediction
+                        line = vlm_stage.prediction_line(text)
+                        if line is not None or len(run.token_times) >= settings.prediction_max_tokens:
+                            prediction = line or text.strip()[:PREDICTION_MAX_CHARS]
+                            start_video(text_job(prediction))
+                elif kind == "text_failed":
+                    yield event("error", run.now(), stage="text", recoverable=True,
+                                message=f"The reasoning stopped early: {data['message']}")
+                elif kind in ("preview", "frame"):
+                    first["first_frame"] = first["first_frame"] or data["t"]
+                    yield event("video_frame", data["t"], **{k: v for k, v in data.items() if k != "t"})
+                elif kind == "video_done":  # 5. the rest of the text runs at full speed
+                    run.pacer.release()
+                    first["video_ready"], video_url = data["t"], str(mp4_path)
+                    yield event("video_complete", data["t"], video_url=video_url, num_frames=data["num_frames"],
+                                fps=data["fps"])
+                elif kind == "out_of_memory":
+                    smaller = SMALLER_PRESET.get(rendering.preset.name)
+                    if smaller is None:
+                        run.pacer.release()
+                        yield event("error", run.now(), stage="video", recoverable=True,
+                                    message="The video could not be made: out of GPU memory even at the "
+                                            f"{rendering.preset.name} preset.")
+                    else:
+                        torch.cuda.empty_cache()
+                        yield event("error", run.now(), stage="video", recoverable=True, retry_preset=smaller,
+                                    message=f"Out of GPU memory at the {rendering.preset.name} preset; "
+                                            f"retrying at {smaller}.")
+                        start_video(replace(rendering, preset=PRESETS[smaller],
+                                            image=video_view(image, PRESETS[smaller])))
+                elif kind == "video_failed":
+                    run.pacer.release()
+                    yield event("error", run.now(), stage="video", recoverable=True,
+                                message=f"The video could not be made: {data['message']}")
+            yield event("thinking_complete", run.now(), text=text, video_url=video_url, stopped=run.stop.is_set(),
+                        mode=mode, seed=seed, prediction=prediction,
+                        preset=rendering.preset.name if rendering else preset, **first,
+                        tokens=len(run.token_times), token_times=[round(t, 4) for t in run.token_times],
+                        video_start=video_start, overhead_s={k: round(v, 4) for k, v in run.seconds.items()},
+                        spans=run.trace.spans())
         finally:  # also on Stop / a closed client: end both workers at their next step
             run.stop.set()
-            wait(work)
-            if run.capture is not None:
-                run.capture.remove()
+            run.pacer.release()
+            for job in jobs:
+                job.exception()  # waits; the workers report their own failures as messages
+
+    def _think(self, run: Run, image, prompt: str, capture_states: bool) -> None:
+        """The thinker's work: Qwen's prefill and streamed decode, reported as messages."""
+        trace, capture = run.trace, None
+        try:
+            if run.stop.is_set():  # stopped while queued behind another run
+                return
+            if capture_states:  # hooked on the thinker's turn, so it sees this run's prefill only
+                capture = vlm_stage.PrefillCapture(self.models.vlm, self.models.settings.hidden_layer)
+            with trace.span("text", "VLM processor", gpu=False):
+                inputs = vlm_stage.build_inputs(self.models, image, prompt)
+            prefill = trace.mark(gpu=False)
+
+            def on_token() -> None:
+                run.token_times.append(run.now())
+                if len(run.token_times) == 1:
+                    trace.add("text", "prefill", prefill, trace.mark(gpu=False))
+                    run.post("first_token", capture=capture)
+
+            def on_text(chunk: str) -> None:
+                run.post("text", chunk=chunk, t=run.now())
+
+            vlm_stage.stream_reasoning(self.models, inputs, on_text, run.stop, capture=capture, on_token=on_token,
+                                       static_cache=self._static_cache, before_next=run.pacer.wait)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes a message; the video may still run
+            run.post("text_failed", message=str(exc))
+        finally:
+            if capture is not None:
+                capture.remove()
+            run.post("done", worker="text")
+
+    def _render(self, run: Run, job: VideoJob, seed: int, mp4_path: Path, frame_events: bool) -> None:
+        """The renderer's work: conditioning, denoising with previews, frames and the mp4."""
+        models, trace, preset = self.models, run.trace, job.preset
+        previews: list[Future] = []
+        try:
+            if run.stop.is_set():  # stopped while queued behind another run
+                return
+            if job.prompt is not None:
+                with trace.span("video", "T5"):
+                    embeds, mask = video_stage.text_conditioning(models, job.prompt)
+            else:
+                if job.states is not None and job.states.states is not None:
+                    states = job.states.states_here()
+                else:  # a video-only retry: one forward pass over the prompt
+                    with trace.span("video", "VLM states"):
+                        states = vlm_stage.prefill_states(models, vlm_stage.build_inputs(models, job.upload,
+                                                                                         job.question))
+                with trace.span("video", "DINOv2 + bridge"):
+                    embeds, mask = video_stage.fused_conditioning(models, job.upload, states)
+            num_steps = models.settings.sampling.num_steps
+
+            def on_preview(step: int, rgb: torch.Tensor) -> None:
+                ready = self._host.ready_marker()  # the decode is queued; the copy waits for it elsewhere
+                previews.append(self._copier.submit(self._post_preview, run, rgb, ready, step, num_steps, preset))
+
+            frames = video_stage.render(models, job.image, preset.num_frames, preset.fps, seed, embeds, mask,
+                                        run.stop, on_preview=on_preview, trace=trace)
+            for preview in previews:
+                preview.result()
+            with trace.span("host", "mp4", gpu=False):
+                started = time.perf_counter()
+                if frame_events:  # the frames' JPEGs beside the mp4
+                    encoding = self._copier.submit(self._post_frames, run, frames)
+                write_mp4(frames.numpy(), preset.fps, mp4_path)
+                run.seconds["mp4"] = time.perf_counter() - started
+                if frame_events:
+                    encoding.result()
+            run.post("video_done", t=run.now(), num_frames=len(frames), fps=preset.fps)
+        except video_stage.Stopped:
+            pass
+        except torch.OutOfMemoryError:
+            run.post("out_of_memory")
+        except Exception as exc:  # noqa: BLE001 - the text stays; the page offers a video-only retry
+            run.post("video_failed", message=str(exc))
+        finally:
+            for preview in previews:
+                preview.exception()
+            run.post("done", worker="video")
+
+    def _post_preview(self, run: Run, rgb: torch.Tensor, ready, step: int, num_steps: int, preset: Preset) -> None:
+        with run.trace.span("host", f"preview {step} to JPEG", gpu=False):
+            data = run.jpeg(self._host.to_host(rgb, ready).numpy())
+        run.post("preview", t=run.now(), frame_index=preset.num_frames - 1, total_frames=preset.num_frames,
+                 kind="preview", step=step, num_steps=num_steps, data=data)
+
+    @staticmethod
+    def _post_frames(run: Run, frames: torch.Tensor) -> None:
+        for index, rgb in enumerate(frames.numpy()):
+            run.post("frame", t=run.now(), frame_index=index, total_frames=len(frames), kind="frame", step=None,
+                     data=run.jpeg(rgb))
 
     def _choose_mode(self, requested: str | None) -> tuple[str, str]:
         available = self.models.modes
@@ -215,104 +387,3 @@ class ForesightPipeline:
         fallback = available[0]
         why = self.models.bridge_note if requested == "fused" else "T5 is not loaded"
         return fallback, f"{requested} mode is unavailable ({why}); ran {fallback} mode instead"
-
-    def _think(self, run: _Run, frame, prompt: str, capture_states: bool) -> None:
-        def on_token() -> None:
-            run.token_times.append(run.now())
-            run.first_token.set()
-
-        def on_text(chunk: str) -> None:
-            run.text.append(chunk)
-            run.put("text_chunk", content=chunk)
-            if not run.prediction_ready.is_set():
-                line = vlm_stage.prediction_line("".join(run.text))
-                if line is not None or sum(map(len, run.text)) >= FALLBACK_PREDICTION_CHARS:
-                    self._set_prediction(run, line)
-
-        try:
-            if run.stop.is_set():  # stopped while queued behind another run
-                return
-            if capture_states:  # hooked here, on the thinker's turn, so it sees this run's prefill only
-                run.capture = vlm_stage.PrefillCapture(self.models.vlm, self.models.settings.hidden_layer)
-            inputs = vlm_stage.build_inputs(self.models, frame, prompt)
-            vlm_stage.stream_reasoning(self.models, inputs, on_text, run.stop, capture=run.capture, on_token=on_token,
-                                       static_cache=self._static_cache)
-        except Exception as exc:  # noqa: BLE001 - any failure becomes an event; the video may still run
-            run.put("error", stage="text", message=f"The reasoning stopped early: {exc}", recoverable=True)
-        finally:
-            if not run.prediction_ready.is_set():
-                self._set_prediction(run, None)
-            run.text_done.set()
-
-    @staticmethod
-    def _set_prediction(run: _Run, line: str | None) -> None:
-        text = "".join(run.text).strip()
-        run.prediction = line or text[:FALLBACK_PREDICTION_CHARS] or "The scene continues naturally."
-        run.prediction_ready.set()
-
-    def _render(self, run: _Run, frame, prompt: str, preset: str, mode: str, seed: int, mp4_path: Path) -> None:
-        models = self.models
-        try:
-            if run.stop.is_set():  # stopped while queued behind another run
-                return
-            if mode == "fused":
-                if not run.wait(run.first_token):  # the prefill has run: its states are captured
-                    if run.stop.is_set():
-                        return
-                states = run.capture.states_here() if run.capture and run.capture.states is not None \
-                    else vlm_stage.prefill_states(models, vlm_stage.build_inputs(models, frame, prompt))
-                embeds, mask = video_stage.fused_conditioning(models, frame, states)
-                conditioning = dict(prompt_embeds=embeds, prompt_attention_mask=mask)
-            else:
-                run.wait(run.prediction_ready)
-                if run.stop.is_set():
-                    return
-                conditioning = dict(prompt=run.prediction)
-            rendered = self._render_with_retry(run, frame, preset, seed, conditioning)
-            if rendered is None:
-                return
-            frames, fps = rendered
-            total = len(frames)
-            with ThreadPoolExecutor(1, thread_name_prefix="foresight-mp4") as encoder:
-                writing = encoder.submit(self._write_mp4, run, frames, fps, mp4_path)  # beside the frame events
-                for index, rgb in enumerate(frames):
-                    run.put("video_frame", frame_index=index, total_frames=total, kind="frame", step=None,
-                            data=run.jpeg(rgb))
-                writing.result()
-            run.put("video_complete", video_url=str(mp4_path), num_frames=total, fps=fps)
-        except Exception as exc:  # noqa: BLE001 - the text stays; the page offers a video-only retry
-            run.put("error", stage="video", message=f"The video could not be made: {exc}", recoverable=True)
-
-    @staticmethod
-    def _write_mp4(run: _Run, frames, fps: int, path: Path) -> None:
-        start = time.perf_counter()
-        video_stage.write_mp4(frames, fps, path)
-        run.seconds["mp4"] = time.perf_counter() - start
-
-    def _render_with_retry(self, run: _Run, frame, preset: str, seed: int, conditioning: dict):
-        """Render -> (frames, fps), None if stopped; on CUDA out-of-memory, once more at the next smaller preset."""
-        steps = self.models.settings.sampling.num_inference_steps
-        while True:
-            spec = PRESETS[preset]
-            if (frame.width * frame.height) > spec.width * spec.height:
-                frame = fit_to_preset(frame, spec)
-
-            def on_preview(step: int, rgb, total=spec.num_frames):
-                run.put("video_frame", frame_index=total - 1, total_frames=total, kind="preview", step=step,
-                        num_steps=steps, data=run.jpeg(rgb))
-
-            run.video_start = round(run.now(), 4)
-            try:
-                frames = video_stage.render(self.models, frame, frame.width, frame.height, spec.num_frames,
-                                            spec.fps, seed, on_preview, run.stop, **conditioning)
-                return frames, spec.fps
-            except video_stage.Stopped:
-                return None
-            except torch.OutOfMemoryError:
-                smaller = SMALLER_PRESET.get(preset)
-                if smaller is None:
-                    raise
-                torch.cuda.empty_cache()
-                run.put("error", stage="video", recoverable=True, retry_preset=smaller,
-                        message=f"Out of GPU memory at the {preset} preset; retrying at {smaller}.")
-                preset = smaller

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
@@ -27,10 +26,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from foresight.bridge import Bridge, BridgeConfig, save_bridge
-from foresight.config import PRESETS
+from foresight.bridge import Bridge, BridgeConfig, keep_mask, save_bridge
+from foresight.config import PRESETS, base_models
 from foresight.data import FeatureSet, collate, split
 from foresight.models import torch_dtype
+from foresight.video import transformer_coords
 
 STATE_FILE, METRICS_FILE, PLOT_FILE = "state.pt", "metrics.csv", "loss.png"
 
@@ -51,26 +51,18 @@ class TrainConfig:
     preset: str = "fast"
 
 
-def bridge_layout(settings) -> dict:
-    """The bridge's size: the full layout (BridgeConfig's defaults), or the tiny one for tiny models."""
-    from foresight.tiny import TINY_BRIDGE
-
-    return dict(TINY_BRIDGE) if settings.profile == "tiny" else {}
-
-
 def bridge_config_for(models, num_tokens: int) -> BridgeConfig:
-    """The profile's layout, with input and output widths read off the loaded models."""
-    from foresight.models import base_models
-
+    """The settings' layout (full size unless a profile says otherwise), with input and output
+    widths read off the loaded models."""
     widths = dict(vision_dim=models.vision.config.hidden_size, vlm_dim=models.vlm.config.text_config.hidden_size,
-                  caption_dim=models.video.transformer.config.caption_channels)
-    return BridgeConfig(**{**bridge_layout(models.settings), **widths, "num_tokens": num_tokens,
+                  caption_dim=models.video_pipeline.transformer.config.caption_channels)
+    return BridgeConfig(**{**models.settings.bridge_layout, **widths, "num_tokens": num_tokens,
                            "base_models": base_models(models.settings)})
 
 
 def default_num_tokens(settings) -> int:
     """K, the bridge's token count; distill targets are T5 encodings of exactly this length."""
-    return bridge_layout(settings).get("num_tokens", BridgeConfig.num_tokens)
+    return settings.bridge_layout.get("num_tokens", BridgeConfig.num_tokens)
 
 
 def distill_loss(bridge: Bridge, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -86,10 +78,10 @@ def distill_loss(bridge: Bridge, batch: dict) -> tuple[torch.Tensor, dict]:
 
 
 def video_loss(bridge: Bridge, batch: dict, pipe, generator: torch.Generator, fps: int) -> tuple[torch.Tensor, dict]:
-    """Flow matching through the frozen LTX transformer: predict (noise - x0) on every frame but the first."""
+    """Flow matching through the frozen LTX transformer, called as LTXConditionPipeline calls it:
+    the first latent frame clean (the image condition, timestep 0), the others noised, the same
+    positions; predict (noise - x0) on every frame but the first."""
     embeds, keep_logits = bridge(batch["vision"], batch["vlm"], batch["vlm_mask"])
-    mask = (keep_logits > 0).long()
-    mask[:, 0] = 1
     x0 = batch["latents"].float()
     b, _, frames, height, width = x0.shape
     noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device)
@@ -103,11 +95,9 @@ def video_loss(bridge: Bridge, batch: dict, pipe, generator: torch.Generator, fp
     dtype = pipe.transformer.dtype
     velocity = pipe.transformer(
         hidden_states=pipe._pack_latents(noisy, p, pt).to(dtype),
-        encoder_hidden_states=embeds.to(dtype), encoder_attention_mask=mask,
+        encoder_hidden_states=embeds.to(dtype), encoder_attention_mask=keep_mask(keep_logits),
         timestep=(sigma.view(b, 1) * 1000) * (1 - condition),
-        num_frames=frames, height=height, width=width,
-        rope_interpolation_scale=(pipe.vae_temporal_compression_ratio / fps, pipe.vae_spatial_compression_ratio,
-                                  pipe.vae_spatial_compression_ratio),
+        video_coords=transformer_coords(pipe, b, (frames, height, width), fps),
         return_dict=False)[0]
     target = pipe._pack_latents(noise - x0, p, pt)
     per_token = ((velocity.float() - target) ** 2).mean(-1)
@@ -148,7 +138,7 @@ class Trainer:
         self.bridge = Bridge(self.bridge_config).to(self.device).train()
         self.optimizer = torch.optim.AdamW(self.bridge.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
-        for module in (models.vlm, models.vision, models.video.transformer):
+        for module in (models.vlm, models.vision, models.video_pipeline.transformer):
             module.requires_grad_(False)
         # The bridge keeps float32 weights; with bf16 base models its maths runs under bf16 autocast.
         dtype = torch_dtype(models.settings)
@@ -161,7 +151,7 @@ class Trainer:
             if self.config.objective == "distill":
                 return distill_loss(self.bridge, batch)
             generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
-            return video_loss(self.bridge, batch, self.models.video, generator, PRESETS[self.config.preset].fps)
+            return video_loss(self.bridge, batch, self.models.video_pipeline, generator, PRESETS[self.config.preset].fps)
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -275,16 +265,11 @@ def plot_losses(metrics_csv: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def train_command(args) -> int:
-    from foresight.config import make_settings
-    from foresight.models import load_models
-
+def train_command(models, args, log: Callable[[str], None]) -> int:
+    """`python -m foresight train`, on models the command line loaded for the objective."""
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
-    settings = make_settings(args.profile)
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    models = load_models(settings, log=log, load_text_encoder=config.objective == "distill")
     features = FeatureSet.build(models, args.data, config.objective, preset=config.preset,
-                                num_tokens=default_num_tokens(settings), captions_file=args.captions, log=log)
+                                num_tokens=default_num_tokens(models.settings), captions_file=args.captions, log=log)
     trainer = Trainer(models, features, args.out, config)
     if args.resume and trainer.resume():
         log(f"[foresight] resumed at step {trainer.step}")

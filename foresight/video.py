@@ -1,122 +1,197 @@
-"""LTX-Video image-to-video with a preview per denoising step, the bridge's conditioning, and mp4 writing."""
+"""LTX-Video image-to-video: conditioning (bridge or T5), denoising with previews, frames.
+
+The video is rendered by diffusers' `LTXConditionPipeline`, the pipeline that takes the distilled
+checkpoints' own timesteps (`VideoSampling`), with the input image as the condition at frame 0.
+"""
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 
+from foresight.trace import Trace, null_trace
+
 
 class Stopped(Exception):
-    """The user pressed Stop; raised from the step callback so no further step (or decode) runs."""
+    """Stop was pressed; raised from the step callback so no further step, and no decode, runs."""
 
 
 @torch.inference_mode()
 def vision_tokens(models, image: Image.Image) -> torch.Tensor:
-    """DINOv2 patch tokens [1, N, D] (CLS dropped)."""
+    """DINOv2 patch tokens [1, N, D] (CLS dropped) of the loaded image; its processor resizes and crops."""
     pixels = models.vision_processor(images=image, return_tensors="pt")["pixel_values"]
     pixels = pixels.to(models.vision.device, models.vision.dtype)
     return models.vision(pixel_values=pixels).last_hidden_state[:, 1:]
 
 
 @torch.inference_mode()
-def fused_conditioning(models, image: Image.Image, vlm_states: torch.Tensor):
+def fused_conditioning(models, image: Image.Image, vlm_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """DINOv2 patch tokens + VLM prefill states -> the bridge -> (prompt_embeds, prompt_attention_mask)."""
     patch_tokens = vision_tokens(models, image)
     bridge_dtype = next(models.bridge.parameters()).dtype
     return models.bridge.condition(patch_tokens.to(bridge_dtype), vlm_states.to(bridge_dtype))
 
 
-class _Previewer:
-    """Decodes the model's current estimate of the clean video's last latent frame after each step.
+@torch.inference_mode()
+def text_conditioning(models, prompt: str, max_sequence_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`text` mode: the prediction line through LTX's own T5 (the pipeline's `encode_prompt`)."""
+    pipeline = models.video_pipeline
+    embeds, mask, _, _ = pipeline.encode_prompt(
+        prompt, do_classifier_free_guidance=False,
+        max_sequence_length=max_sequence_length or models.settings.sampling.max_sequence_length,
+        device=pipeline._execution_device)
+    return embeds, mask
 
-    The step callback only sees the new noisy latents; a forward hook on the transformer keeps
-    its input x_t and velocity v, so the estimate x0 = x_t - sigma_t * v is one subtraction away.
-    That gives a picture that sharpens step by step instead of noise that clears only at the end.
+
+def negative_conditioning(models, embeds: torch.Tensor, mask: torch.Tensor) -> dict:
+    """What guidance > 1 needs beside the conditioning: T5's encoding of an empty prompt when T5 is
+    loaded (what the pipeline itself would use), else zeros (the bridge has no 'empty' input)."""
+    pipeline = models.video_pipeline
+    if pipeline.text_encoder is not None:
+        negative, negative_mask, _, _ = pipeline.encode_prompt(
+            "", do_classifier_free_guidance=False, max_sequence_length=embeds.shape[1],
+            device=pipeline._execution_device)
+    else:
+        negative, negative_mask = torch.zeros_like(embeds), mask
+    return dict(negative_prompt_embeds=negative.to(embeds.dtype), negative_prompt_attention_mask=negative_mask)
+
+
+class DenoisingEstimate:
+    """The model's estimate of the clean video at each step, x0 = x_t - sigma * v, from a forward hook.
+
+    The step callback only sees the latents after the step; the hook keeps the transformer's
+    input x_t, its per-token timesteps (the condition frame's are 0, so its x0 is itself) and its
+    velocity v (guided, when guidance runs: v_u + g * (v_c - v_u), as the pipeline steps with).
     """
 
-    def __init__(self, pipe, latent_shape: tuple[int, int, int], decode_timestep: float):
-        self.pipe, self.latent_shape, self.decode_timestep = pipe, latent_shape, decode_timestep
-        self.x_t = self.velocity = None
-        self._handle = pipe.transformer.register_forward_hook(self._keep, with_kwargs=True)
+    def __init__(self, pipeline, guidance_scale: float):
+        self.guidance_scale = guidance_scale
+        self.x0: torch.Tensor | None = None  # packed [1, tokens, channels], float32
+        self._handle = pipeline.transformer.register_forward_hook(self._keep, with_kwargs=True)
 
     def _keep(self, module, args, kwargs, output):
-        self.x_t = kwargs["hidden_states"][-1:]  # the conditional half under guidance
-        self.velocity = (output[0] if isinstance(output, tuple) else output.sample)[-1:]
+        x_t, timestep = kwargs["hidden_states"].float(), kwargs["timestep"].float()
+        velocity = (output[0] if isinstance(output, tuple) else output.sample).float()
+        if velocity.shape[0] == 2:  # guidance: (unconditional, conditional)
+            unconditional, conditional = velocity.chunk(2)
+            velocity = unconditional + self.guidance_scale * (conditional - unconditional)
+            x_t, timestep = x_t[1:], timestep[1:]
+        sigma = (timestep / 1000).reshape(timestep.shape[0], -1, 1)
+        self.x0 = x_t - sigma * velocity
 
-    def remove(self):
+    def remove(self) -> None:
         self._handle.remove()
 
-    @torch.inference_mode()
-    def decode(self, timestep: torch.Tensor) -> np.ndarray:
-        pipe = self.pipe
-        sigma = float(timestep) / pipe.scheduler.config.num_train_timesteps
-        x0 = self.x_t.float() - sigma * self.velocity.float()
-        frames, height, width = self.latent_shape
-        latents = pipe._unpack_latents(x0, frames, height, width, pipe.transformer_spatial_patch_size,
-                                       pipe.transformer_temporal_patch_size)[:, :, -1:]
-        latents = pipe._denormalize_latents(latents, pipe.vae.latents_mean, pipe.vae.latents_std,
-                                            pipe.vae.config.scaling_factor).to(pipe.vae.dtype)
-        temb = None
-        if pipe.vae.config.timestep_conditioning:
-            temb = torch.tensor([self.decode_timestep], device=latents.device, dtype=latents.dtype)
-        pixels = pipe.vae.decode(latents, temb, return_dict=False)[0][0, :, 0]  # [3, H, W] in [-1, 1]
-        return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+def transformer_coords(pipeline, batch: int, shape: tuple[int, int, int], fps: int) -> torch.Tensor:
+    """The positions LTXConditionPipeline gives the transformer for a clip conditioned at frame 0
+    (its own helpers, pinned by a test), so training sees exactly what sampling sees."""
+    frames, height, width = shape
+    ids = pipeline._prepare_video_ids(batch, frames, height, width, patch_size=pipeline.transformer_spatial_patch_size,
+                                      patch_size_t=pipeline.transformer_temporal_patch_size,
+                                      device=pipeline.transformer.device)
+    coords = pipeline._scale_video_ids(ids, scale_factor=pipeline.vae_spatial_compression_ratio,
+                                       scale_factor_t=pipeline.vae_temporal_compression_ratio, frame_index=0).float()
+    coords[:, 0] = coords[:, 0] / fps
+    return coords
+
+
+def latent_shape(pipeline, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+    return ((num_frames - 1) // pipeline.vae_temporal_compression_ratio + 1,
+            height // pipeline.vae_spatial_compression_ratio, width // pipeline.vae_spatial_compression_ratio)
 
 
 @torch.inference_mode()
-def render(models, image: Image.Image, width: int, height: int, num_frames: int, fps: int, seed: int,
-           on_preview: Callable[[int, np.ndarray], None], stop: threading.Event,
-           prompt: str | None = None, prompt_embeds=None, prompt_attention_mask=None) -> np.ndarray:
-    """Run LTX image-to-video; `on_preview(step, rgb)` after every step. -> frames [F, H, W, 3] uint8."""
-    pipe, sampling = models.video, models.settings.sampling
-    compression_t, compression_s = pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio
-    latent_shape = ((num_frames - 1) // compression_t + 1, height // compression_s, width // compression_s)
-    previewer = _Previewer(pipe, latent_shape, sampling.decode_timestep)
+def decode_estimate(pipeline, x0: torch.Tensor, shape: tuple[int, int, int], decode_timestep: float,
+                    whole: bool) -> torch.Tensor:
+    """A preview of the estimate's last frame, [H, W, 3] uint8 on the model's device.
 
-    def on_step_end(pipeline, step, timestep, callback_kwargs):
+    The causal VAE reads its first latent frame as one picture and each later one as eight, so a
+    later latent frame decoded alone is out of what it was trained on. `whole`: decode the whole
+    estimate (exact, the cost of the final decode); else the first and last latent frames together,
+    a 9-frame clip whose last frame stands for the video's last (about 2/L of the cost).
+    """
+    frames, height, width = shape
+    latents = pipeline._unpack_latents(x0, frames, height, width, pipeline.transformer_spatial_patch_size,
+                                       pipeline.transformer_temporal_patch_size)
+    if not whole and frames > 2:
+        latents = latents[:, :, [0, frames - 1]]
+    vae = pipeline.vae
+    latents = pipeline._denormalize_latents(latents, vae.latents_mean, vae.latents_std,
+                                            vae.config.scaling_factor).to(vae.dtype)
+    timestep = None
+    if vae.config.timestep_conditioning:
+        timestep = torch.tensor([decode_timestep], device=latents.device, dtype=latents.dtype)
+    pixels = vae.decode(latents, timestep, return_dict=False)[0][0, :, -1]  # [3, H, W] in [-1, 1]
+    return to_uint8((pixels.float() + 1) / 2).permute(1, 2, 0)
+
+
+def to_uint8(unit: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats to uint8, on whatever device they are."""
+    return (unit.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+@torch.inference_mode()
+def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
+           prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor, stop: threading.Event,
+           on_preview: Callable[[int, torch.Tensor], None] = lambda step, rgb: None,
+           trace: Trace = null_trace) -> torch.Tensor:
+    """Denoise with LTX, the image as frame 0 -> frames [F, H, W, 3] uint8 on the CPU.
+
+    `on_preview(step, rgb)` gets previews ([H, W, 3] uint8 on the model's device, still being
+    computed there: the caller copies it off the critical path) on the steps of the preview cadence
+    (`Settings.preview_every`), the last step included. Raises Stopped when `stop` is set.
+    """
+    from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+    pipeline, settings = models.video_pipeline, models.settings
+    sampling = settings.sampling
+    width, height = image.size
+    shape = latent_shape(pipeline, num_frames, height, width)
+    estimate = DenoisingEstimate(pipeline, sampling.guidance_scale)
+    every, last = settings.preview_every, sampling.num_steps - 1
+    prompt_embeds = prompt_embeds.to(pipeline.transformer.dtype)
+    conditioning = dict(prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_attention_mask)
+    if sampling.guidance_scale > 1:
+        conditioning.update(negative_conditioning(models, prompt_embeds, prompt_attention_mask))
+    call_start = trace.mark()
+    marks = {"step": call_start}
+
+    def on_forward(module, args):  # a step begins: the image's encoding is done before the first
+        marks["step"] = trace.mark()
+        if "encoded" not in marks:
+            marks["encoded"] = marks["step"]
+            trace.add("video", "encode image", call_start, marks["step"])
+
+    def on_step_end(pipe, step, timestep, callback_kwargs):
+        trace.add("video", f"step {step}", marks["step"], trace.mark())
         if stop.is_set():
             raise Stopped()
-        on_preview(step, previewer.decode(timestep))
+        if every and (step % every == 0 or step == last):
+            with trace.span("video", f"preview {step}"):
+                on_preview(step, decode_estimate(pipeline, estimate.x0, shape, sampling.decode_timestep,
+                                                 whole=settings.preview_decode == "whole"))
+        marks["decode"] = trace.mark()
         return {}
 
-    if prompt_embeds is not None:
-        prompt_embeds = prompt_embeds.to(pipe.transformer.dtype)
-        conditioning = dict(prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_attention_mask)
-        if sampling.guidance_scale > 1:  # no T5 to encode an empty negative prompt: use zeros
-            conditioning.update(negative_prompt_embeds=torch.zeros_like(prompt_embeds),
-                                negative_prompt_attention_mask=prompt_attention_mask)
-    else:
-        conditioning = dict(prompt=prompt)
+    step_hook = pipeline.transformer.register_forward_pre_hook(on_forward)
     try:
-        output = pipe(
-            image=image, width=width, height=height, num_frames=num_frames, frame_rate=fps,
-            num_inference_steps=sampling.num_inference_steps, guidance_scale=sampling.guidance_scale,
+        output = pipeline(
+            conditions=[LTXVideoCondition(image=image, frame_index=0)],
+            width=width, height=height, num_frames=num_frames, frame_rate=fps,
+            timesteps=list(sampling.timesteps), guidance_scale=sampling.guidance_scale,
+            image_cond_noise_scale=sampling.image_cond_noise_scale,
             decode_timestep=sampling.decode_timestep, decode_noise_scale=sampling.decode_noise_scale,
-            max_sequence_length=sampling.max_sequence_length,
-            generator=torch.Generator(device=pipe.device).manual_seed(seed),
-            output_type="np", callback_on_step_end=on_step_end, **conditioning,
+            generator=torch.Generator(device=pipeline.device).manual_seed(seed),
+            output_type="pt", callback_on_step_end=on_step_end, **conditioning,
         )
+        trace.add("video", "VAE decode", marks["decode"], trace.mark())
+        with trace.span("video", "frames to CPU"):
+            frames = to_uint8(output.frames[0]).permute(0, 2, 3, 1).cpu()  # [F, H, W, 3]
     finally:
-        previewer.remove()
-    return (output.frames[0] * 255).round().astype(np.uint8)
-
-
-def write_mp4(frames: np.ndarray, fps: int, path: Path) -> Path:
-    """H.264 in yuv420p with the index up front, so every browser plays it as soon as it arrives.
-
-    x264's ultrafast preset: 2-3x faster than veryfast on these short clips, for a larger file.
-    """
-    import imageio.v2 as imageio
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(path, fps=fps, codec="libx264", quality=None, macro_block_size=16,
-                            ffmpeg_params=["-preset", "ultrafast", "-crf", "20", "-movflags", "+faststart"],
-                            pixelformat="yuv420p") as writer:
-        for frame in frames:
-            writer.append_data(frame)
-    return path
+        estimate.remove()
+        step_hook.remove()
+    return frames

@@ -1,4 +1,9 @@
-"""Qwen2.5-VL: one prefill gives the first token and the hidden states the bridge needs; then tokens stream."""
+"""Qwen2.5-VL: one prefill gives the first token and the hidden states the bridge needs; then tokens stream.
+
+Driven as the Qwen authors document it: the processor's own chat template, the image prepared as
+their `qwen-vl-utils` does (`inputs.vlm_view`), and the checkpoint's generation config (greedy in
+effect: top_k 1, with its repetition penalty of 1.05).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,10 @@ from typing import Callable
 
 import torch
 from PIL import Image
-from transformers import StaticCache, StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import StaticCache, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from foresight.inputs import vlm_view
 
 SYSTEM_PROMPT = (
     "You look at one image and foresee the next few seconds. Your first line is your prediction, "
@@ -19,36 +27,55 @@ DEFAULT_QUESTION = "What happens next?"
 
 
 def build_inputs(models, image: Image.Image, question: str):
-    """Chat-template the image and question; tensors on the model's device."""
+    """Chat-template the image and question; tensors on the model's device. `image` is the loaded
+    upload: Qwen sees it at its own pixel budget, whatever the video preset."""
+    settings = models.settings
     question = question.strip() or DEFAULT_QUESTION
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
     ]
-    text = models.processor.apply_chat_template(messages, add_generation_prompt=True)
-    # Qwen's vision tokens are capped by pixels (512x512 -> 324 tokens), per call: the hub repo's
-    # preprocessor_config.json min/max_pixels would override a `size` given at load time.
-    pixel_bounds = {"shortest_edge": 28 * 28 * 4, "longest_edge": models.settings.vlm_max_pixels}
-    inputs = models.processor(text=[text], images=[image], size=pixel_bounds, return_tensors="pt")
+    text = models.vlm_processor.apply_chat_template(messages, add_generation_prompt=True)
+    view = vlm_view(image, settings.vlm_min_pixels, settings.vlm_max_pixels)
+    # The same bounds per call: the hub repo's preprocessor_config.json min/max_pixels would
+    # override a `size` given at load time (docs/PITFALLS.md).
+    bounds = {"shortest_edge": settings.vlm_min_pixels, "longest_edge": settings.vlm_max_pixels}
+    inputs = models.vlm_processor(text=[text], images=[view], size=bounds, return_tensors="pt")
     return inputs.to(models.vlm.device)
 
 
-class _ChunkStreamer(TextStreamer):
-    """Hands each piece of print-ready text to a callback (TextStreamer handles partial UTF-8 and words),
-    and tells `on_token` about every generated token, the moment it exists."""
+class TokenStreamer(BaseStreamer):
+    """Hands the text of every generated token to `on_text` the moment it exists.
 
-    def __init__(self, tokenizer, on_text: Callable[[str], None], on_token: Callable[[], None]):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.on_text, self.on_token = on_text, on_token
+    transformers' TextStreamer holds text back until a word ends; here only an incomplete UTF-8
+    character is held (the decoder shows it as U+FFFD until its last byte arrives). `before_next()`
+    runs after each token, before the next decode step is queued: where the text is paced.
+    """
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None], on_token: Callable[[], None] = lambda: None,
+                 before_next: Callable[[], None] = lambda: None):
+        self.tokenizer, self.on_text, self.on_token, self.before_next = tokenizer, on_text, on_token, before_next
+        self.tokens: list[int] = []
+        self.sent = 0
+        self.prompt = True
 
     def put(self, value):
-        if not self.next_tokens_are_prompt:
-            self.on_token()
-        super().put(value)
+        if self.prompt:  # generate() hands over the prompt first
+            self.prompt = False
+            return
+        self.on_token()
+        self.tokens.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd") and len(text) > self.sent:
+            self.on_text(text[self.sent:])
+            self.sent = len(text)
+        self.before_next()
 
-    def on_finalized_text(self, text: str, stream_end: bool = False):
-        if text:
-            self.on_text(text)
+    def end(self):
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if len(text) > self.sent:
+            self.on_text(text[self.sent:])
+            self.sent = len(text)
 
 
 class _StopWhenSet(StoppingCriteria):
@@ -116,11 +143,11 @@ class ReusedStaticCache:
 @torch.inference_mode()
 def stream_reasoning(models, inputs, on_text: Callable[[str], None], stop: threading.Event,
                      capture: PrefillCapture | None = None, on_token: Callable[[], None] = lambda: None,
-                     max_new_tokens: int | None = None, static_cache: ReusedStaticCache | None = None) -> None:
-    """Generate greedily, calling `on_text` with each chunk; `capture` receives the prefill states.
-
-    With `settings.decode == "static"`, pass the caller's `static_cache` so its calls share one.
-    """
+                     max_new_tokens: int | None = None, static_cache: ReusedStaticCache | None = None,
+                     before_next: Callable[[], None] = lambda: None) -> None:
+    """Generate with the checkpoint's generation config, calling `on_text` with each token's text;
+    `capture` receives the prefill states. With `settings.decode == "static"`, pass the caller's
+    `static_cache` so its calls share one. `before_next()` runs between tokens (pacing)."""
     settings = models.settings
     max_new_tokens = max_new_tokens or settings.max_new_tokens
     cache = {}
@@ -132,8 +159,7 @@ def stream_reasoning(models, inputs, on_text: Callable[[str], None], stop: threa
             **inputs,
             **cache,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
-            streamer=_ChunkStreamer(models.processor.tokenizer, on_text, on_token),
+            streamer=TokenStreamer(models.vlm_processor.tokenizer, on_text, on_token, before_next),
             stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
         )
     finally:

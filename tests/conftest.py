@@ -6,6 +6,9 @@ import tempfile
 os.environ.setdefault("FORESIGHT_CACHE", os.path.join(tempfile.gettempdir(), "foresight-test-cache"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.pop("FORESIGHT_WEIGHTS", None)
+
+import dataclasses  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -14,10 +17,9 @@ from PIL import Image  # noqa: E402
 
 @pytest.fixture(scope="session")
 def models():
-    from foresight.config import make_settings
-    from foresight.models import load_models
+    from foresight.profiles import load, make_settings
 
-    return load_models(make_settings("tiny"), log=lambda message: None)
+    return load(make_settings("tiny"), log=lambda message: None)
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +41,16 @@ def photo():
 def run_events(pipe, image, **kwargs):
     kwargs.setdefault("preset", "fast")
     return list(pipe(image, **kwargs))
+
+
+def with_settings(models, **changes):
+    """The same loaded models under other settings (a new pipeline reads them)."""
+    return dataclasses.replace(models, settings=dataclasses.replace(models.settings, **changes))
+
+
+def frames_of(events):
+    """The final frames of a run asked for with `frame_events=True`, as int16 arrays."""
+    from foresight.events import decode_frame
+
+    return [np.asarray(decode_frame(ev), dtype=np.int16) for ev in events
+            if ev["type"] == "video_frame" and ev["kind"] == "frame"]

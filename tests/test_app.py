@@ -197,7 +197,7 @@ def test_a_failed_video_keeps_the_text_and_retry_renders_it(models, pipe, tmp_pa
             failures["left"] -= 1
             raise RuntimeError("injected failure")
 
-    handle = models.video.transformer.register_forward_hook(fail_once)
+    handle = models.video_pipeline.transformer.register_forward_hook(fail_once)
     try:
         with playwright.sync_playwright() as p:
             browser = launch_chromium(p)

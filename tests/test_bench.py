@@ -5,15 +5,15 @@ import json
 
 import torch
 
-from foresight.bench import METRICS, bench, bench_variants, format_table, run_metrics
+from foresight.bench import METRICS, bench, bench_variants, format_table, run_metrics, variants
 
 from conftest import run_events
 
 
 def test_bench_measures_the_timeline_through_the_pipeline(pipe, photo, tmp_path):
-    results = bench(pipe, ["fast"], runs=2, image=photo)
-    fast = results["fast"]
-    for key in ("ttft", "first_frame", "video_ready", "tok_s_alone", "mp4_write", "overhead_share"):
+    results = bench(pipe, ["fast"], runs=2, modes=[None], image=photo)
+    fast = results["fast/fused"]
+    for key in ("ttft", "first_frame", "video_ready", "tok_s_alone", "mp4_write"):
         assert fast[key]["n"] == 2 and fast[key]["min"] <= fast[key]["median"] <= fast[key]["max"], key
     assert fast["ttft"]["median"] < fast["video_ready"]["median"]
     if not torch.cuda.is_available():
@@ -21,15 +21,23 @@ def test_bench_measures_the_timeline_through_the_pipeline(pipe, photo, tmp_path)
     json.dumps(results)
 
 
-def test_bench_compares_decodes_and_schedules_on_the_same_models(models, photo):
-    results = bench_variants(models, ["fast"], runs=1, decodes=["dynamic", "static"], schedules=["shared", "streams"],
-                             image=photo)
-    assert list(results) == ["dynamic/shared", "static/shared", "dynamic/streams", "static/streams"]
-    assert all(by_preset["fast"]["video_ready"]["n"] == 1 for by_preset in results.values())
-    assert models.settings.decode == "dynamic" and models.settings.schedule == "shared"  # left as they were
+def test_bench_compares_variants_on_the_same_models(models, photo, tmp_path):
+    before = models.settings
+    settings_list = variants(models.settings, ["dynamic", "static"], ["shared", "streams"], [0.0], [1])
+    results = bench_variants(models, ["fast"], runs=1, settings_list=settings_list, modes=["fused", "text"],
+                             image=photo, trace_dir=tmp_path)
+    assert list(results) == ["dynamic/shared/pace 0/previews 1", "static/shared/pace 0/previews 1",
+                             "dynamic/streams/pace 0/previews 1", "static/streams/pace 0/previews 1"]
+    assert all(by_row[row]["video_ready"]["n"] == 1 for by_row in results.values() for row in ("fast/fused",
+                                                                                             "fast/text"))
+    assert models.settings == before  # left as they were
     table = format_table(results).splitlines()
     assert all(label in table[0] for _, label, _ in METRICS)
-    assert [row.split(" | ")[1] for row in table[2:]] == list(results)
+    assert [row.split(" | ")[1] for row in table[2:6]] == list(results)
+    pictures = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert len(pictures) == 8 and "fast-text-static-streams-pace-0-previews-1.png" in pictures
+
+
 def test_run_metrics_count_tokens_decoded_while_the_video_renders(pipe, photo, tmp_path):
     events = run_events(pipe, photo, seed=2, out_dir=tmp_path)
     end = events[-1]
@@ -40,17 +48,17 @@ def test_run_metrics_count_tokens_decoded_while_the_video_renders(pipe, photo, t
 
 
 def test_random_full_builds_the_real_sizes(models):
-    from foresight.random_full import build_random_full_models
+    from foresight.profiles.random_full import build_models
 
     settings = dataclasses.replace(models.settings, profile="random-full", device="meta", dtype="bfloat16")
-    full = build_random_full_models(settings, log=lambda m: None)
+    full = build_models(settings, log=lambda m: None)
 
     def billions(module):
         return sum(p.numel() for p in module.parameters()) / 1e9
 
     assert 8.2 < billions(full.vlm) < 8.4  # Qwen2.5-VL-7B: 8.29B with its vision tower
     assert 0.30 < billions(full.vision) < 0.31  # DINOv2-L
-    assert 1.9 < billions(full.video.transformer) < 2.0  # LTX-Video 2B
-    assert 4.7 < billions(full.video.text_encoder) < 4.8  # T5-XXL encoder
-    assert full.video.vae_spatial_compression_ratio == 32 and full.video.vae_temporal_compression_ratio == 8
+    assert 1.9 < billions(full.video_pipeline.transformer) < 2.0  # LTX-Video 2B
+    assert 4.7 < billions(full.video_pipeline.text_encoder) < 4.8  # T5-XXL encoder
+    assert full.video_pipeline.vae_spatial_compression_ratio == 32 and full.video_pipeline.vae_temporal_compression_ratio == 8
     assert full.vlm.lm_head.weight.dtype == torch.bfloat16

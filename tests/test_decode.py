@@ -1,21 +1,15 @@
 """The text decode variants and GPU sharing: the same text whichever runs, and a safe fall-back."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 from transformers import CompileConfig
 
-from foresight.config import make_settings
 from foresight.pipeline import ForesightPipeline
+from foresight.profiles import make_settings
 from foresight.scheduling import worker_streams
 
-from conftest import run_events
-
-
-def with_settings(models, **changes):
-    return dataclasses.replace(models, settings=dataclasses.replace(models.settings, **changes))
+from conftest import frames_of, run_events, with_settings
 
 
 def test_compiled_static_decode_compiles_once_and_writes_the_same_text(models, photo, tmp_path):
@@ -102,14 +96,12 @@ def test_zero_gpu_keeps_the_uncompiled_decode(monkeypatch):
 def test_both_schedules_render_the_same_run(models, photo, tmp_path):
     """On a GPU this checks the hand-over between the workers' streams; on a CPU both schedules are one."""
     from foresight.config import SCHEDULES
-    from foresight.events import decode_frame
 
     runs = {}
     for schedule in SCHEDULES:
         events = run_events(ForesightPipeline(with_settings(models, schedule=schedule)), photo, mode="fused", seed=3,
-                            out_dir=tmp_path)
-        frame = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"][-1]
-        runs[schedule] = events[-1]["text"], np.asarray(decode_frame(frame), dtype=np.int16)
+                            out_dir=tmp_path, frame_events=True)
+        runs[schedule] = events[-1]["text"], frames_of(events)[-1]
     (text_a, frame_a), (text_b, frame_b) = runs.values()
     assert text_a == text_b
     assert np.abs(frame_a - frame_b).mean() < 1.0

@@ -2,9 +2,9 @@
 
 import dataclasses
 
-from foresight.config import make_settings
 from foresight.models import load_models
 from foresight.pipeline import ForesightPipeline
+from foresight.profiles import make_settings
 
 from conftest import run_events
 
@@ -28,7 +28,7 @@ def test_models_dir_points_every_loader_at_local_folders(monkeypatch, tmp_path):
 
 def test_without_text_mode_t5_is_skipped_when_a_bridge_runs(models, photo, tmp_path):
     lean = load_models(dataclasses.replace(models.settings, text_mode=False), log=lambda m: None)
-    assert lean.video.text_encoder is None and lean.modes == ["fused"]
+    assert lean.video_pipeline.text_encoder is None and lean.modes == ["fused"]
     events = run_events(ForesightPipeline(lean), photo, mode="text", seed=1, out_dir=tmp_path)
     assert events[0]["mode"] == "fused" and "T5 is not loaded" in events[0]["note"]
     assert "video_complete" in [ev["type"] for ev in events]
@@ -37,7 +37,7 @@ def test_without_text_mode_t5_is_skipped_when_a_bridge_runs(models, photo, tmp_p
 def test_t5_loads_anyway_when_no_bridge_can_run(models, tmp_path):
     no_weights = dataclasses.replace(models.settings, text_mode=False, weights_dir=tmp_path)
     fallback = load_models(no_weights, log=lambda m: None)
-    assert fallback.bridge is None and fallback.video.text_encoder is not None and fallback.modes == ["text"]
+    assert fallback.bridge is None and fallback.video_pipeline.text_encoder is not None and fallback.modes == ["text"]
 
 
 def test_static_cache_decode_writes_the_same_text(models, photo, tmp_path):
@@ -55,8 +55,8 @@ def test_bf16_end_to_end_as_on_a_gpu(models, photo, tmp_path):
     from foresight.train import Trainer, TrainConfig
 
     bf16 = load_models(dataclasses.replace(models.settings, dtype="bfloat16"), log=lambda m: None)
-    for module in (bf16.vlm, bf16.vision, bf16.bridge, bf16.video.transformer, bf16.video.vae,
-                   bf16.video.text_encoder):
+    for module in (bf16.vlm, bf16.vision, bf16.bridge, bf16.video_pipeline.transformer, bf16.video_pipeline.vae,
+                   bf16.video_pipeline.text_encoder):
         assert {p.dtype for p in module.parameters()} == {torch.bfloat16}
     for mode in ("fused", "text"):
         events = run_events(ForesightPipeline(bf16), photo, mode=mode, seed=1, out_dir=tmp_path)

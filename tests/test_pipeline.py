@@ -13,7 +13,7 @@ import torch
 from foresight.events import decode_frame
 from foresight.pipeline import ForesightPipeline
 
-from conftest import run_events
+from conftest import frames_of, run_events, with_settings
 
 
 def types(events):
@@ -22,28 +22,50 @@ def types(events):
 
 @pytest.mark.parametrize("mode", ["fused", "text"])
 def test_events_arrive_in_protocol_order(pipe, photo, tmp_path, mode):
-    events = run_events(pipe, photo, mode=mode, seed=3, out_dir=tmp_path)
+    events = run_events(pipe, photo, mode=mode, seed=3, out_dir=tmp_path, frame_events=True)
     kinds = types(events)
     assert kinds[0] == "thinking_start" and kinds[-1] == "thinking_complete"
     assert "error" not in kinds
     start = events[0]
-    assert start["mode"] == mode and start["preset"] == "fast"
+    assert start["mode"] == mode and start["preset"] == "fast" and start["num_steps"] == 8
     assert start["width"] % 32 == 0 and start["height"] % 32 == 0
     first_text = kinds.index("text_chunk")
     done = kinds.index("video_complete")
     previews = [i for i, ev in enumerate(events) if ev["type"] == "video_frame" and ev["kind"] == "preview"]
     assert first_text < done and previews and previews[0] < done
     steps = [events[i]["step"] for i in previews]
-    assert steps == list(range(len(steps))), "one preview per denoising step, in order"
+    assert steps == list(range(8)), "one preview per denoising step, in order"
+    assert all(events[i]["num_steps"] == 8 and events[i]["frame_index"] == 16 for i in previews)
     assert [ev["t"] for ev in events] == sorted(ev["t"] for ev in events)
     frames = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"]
-    assert [f["frame_index"] for f in frames] == list(range(17))
+    assert [f["frame_index"] for f in frames] == list(range(17)) and max(previews) < events.index(frames[0])
     assert decode_frame(frames[0]).size == (start["width"], start["height"])
     end = events[-1]
     assert end["text"] == "".join(ev["content"] for ev in events if ev["type"] == "text_chunk") != ""
     assert end["video_url"] == events[done]["video_url"]
     assert 0 < end["ttft"] and 0 < end["first_frame"] <= end["video_ready"] <= end["t"]
+    assert (end["prediction"] is None) == (mode == "fused")
     json.dumps(events)  # every event is JSON-serialisable
+
+
+def test_final_frames_are_sent_only_when_asked_for(pipe, photo, tmp_path):
+    events = run_events(pipe, photo, seed=3, out_dir=tmp_path)
+    assert [ev["kind"] for ev in events if ev["type"] == "video_frame"] == ["preview"] * 8
+    assert "video_complete" in types(events)
+
+
+def test_the_run_records_where_its_time_went(pipe, photo, tmp_path):
+    end = run_events(pipe, photo, mode="fused", seed=3, out_dir=tmp_path)[-1]
+    names = [span["name"] for span in end["spans"]]
+    for name in ("load image", "VLM processor", "prefill", "DINOv2 + bridge", "encode image", "step 0", "step 7",
+                 "preview 0", "VAE decode", "mp4"):
+        assert name in names, name
+    assert all(span["track"] in ("text", "video", "host") and 0 <= span["start"] <= span["end"] <= end["t"]
+               for span in end["spans"])
+    by_name = {span["name"]: span for span in end["spans"]}
+    assert by_name["prefill"]["end"] <= end["token_times"][0] + 1e-3 <= end["ttft"] + 1e-3
+    assert by_name["step 0"]["end"] <= by_name["step 7"]["start"] <= by_name["VAE decode"]["start"]
+    assert by_name["mp4"]["end"] <= end["video_ready"]
 
 
 def test_a_slow_consumer_gets_the_same_text_in_fewer_chunks(pipe, photo, tmp_path):
@@ -69,9 +91,7 @@ def test_mp4_decodes_to_the_presets_frames_and_size(pipe, photo, tmp_path):
 
 def test_same_seed_same_video_other_seed_other_video(pipe, photo, tmp_path):
     def last_frame(seed):
-        events = run_events(pipe, photo, mode="fused", seed=seed, out_dir=tmp_path)
-        frame = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"][-1]
-        return np.asarray(decode_frame(frame), dtype=np.int16)
+        return frames_of(run_events(pipe, photo, mode="fused", seed=seed, out_dir=tmp_path, frame_events=True))[-1]
 
     a, b, c = last_frame(7), last_frame(7), last_frame(8)
     assert np.array_equal(a, b)
@@ -90,7 +110,7 @@ def test_a_failing_video_stage_keeps_the_text(models, pipe, photo, tmp_path):
     def explode(module, args, output):
         raise RuntimeError("injected failure")
 
-    handle = models.video.transformer.register_forward_hook(explode)
+    handle = models.video_pipeline.transformer.register_forward_hook(explode)
     try:
         events = run_events(pipe, photo, seed=1, out_dir=tmp_path)
     finally:
@@ -103,23 +123,41 @@ def test_a_failing_video_stage_keeps_the_text(models, pipe, photo, tmp_path):
     assert end["type"] == "thinking_complete" and end["text"] and end["video_url"] is None
 
 
-def test_out_of_memory_retries_once_at_the_smaller_preset(models, pipe, photo, tmp_path):
+def inject_out_of_memory(models, times: int):
     calls = {"n": 0}
 
-    def oom_once(module, args, output):
+    def out_of_memory(module, args, output):
         calls["n"] += 1
-        if calls["n"] == 1:
+        if calls["n"] <= times:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
-    handle = models.video.transformer.register_forward_hook(oom_once)
+    return models.video_pipeline.transformer.register_forward_hook(out_of_memory)
+
+
+def test_out_of_memory_steps_down_one_preset_at_a_time(models, pipe, photo, tmp_path):
+    handle = inject_out_of_memory(models, times=2)  # high fails, then default fails, then fast renders
     try:
-        events = run_events(pipe, photo, preset="default", seed=1, out_dir=tmp_path)
+        events = run_events(pipe, photo, preset="high", seed=1, out_dir=tmp_path)
     finally:
         handle.remove()
-    notice = [ev for ev in events if ev["type"] == "error"]
-    assert len(notice) == 1 and notice[0]["retry_preset"] == "fast" and "retrying at fast" in notice[0]["message"]
+    notices = [ev for ev in events if ev["type"] == "error"]
+    assert [ev["retry_preset"] for ev in notices] == ["default", "fast"]
+    assert "retrying at default" in notices[0]["message"] and all(ev["recoverable"] for ev in notices)
     done = [ev for ev in events if ev["type"] == "video_complete"]
-    assert done and done[0]["num_frames"] == 17  # the fast preset's clip
+    assert len(done) == 1 and done[0]["num_frames"] == 17 and events[-1]["preset"] == "fast"
+    clip = iio.imread(done[0]["video_url"], plugin="FFMPEG")
+    assert clip.shape[0] == 17 and clip.shape[1] < events[0]["height"]  # rendered at fast's size, not high's
+
+
+def test_out_of_memory_at_the_smallest_preset_is_a_video_error(models, pipe, photo, tmp_path):
+    handle = inject_out_of_memory(models, times=1)
+    try:
+        events = run_events(pipe, photo, preset="fast", seed=1, out_dir=tmp_path)
+    finally:
+        handle.remove()
+    errors = [ev for ev in events if ev["type"] == "error"]
+    assert len(errors) == 1 and "retry_preset" not in errors[0] and "even at the fast preset" in errors[0]["message"]
+    assert "video_complete" not in types(events) and events[-1]["text"]
 
 
 def test_stop_ends_the_run_without_a_video(pipe, photo, tmp_path):
@@ -144,7 +182,7 @@ def test_closing_the_stream_early_stops_the_workers(models, pipe, photo, tmp_pat
         return hook
 
     hooks = [models.vlm.register_forward_hook(count("vlm")),
-             models.video.transformer.register_forward_hook(count("ltx"))]
+             models.video_pipeline.transformer.register_forward_hook(count("ltx"))]
     try:
         stream = pipe(photo, preset="fast", seed=1, out_dir=tmp_path)
         assert next(stream)["type"] == "thinking_start"
@@ -162,7 +200,7 @@ def test_closing_the_stream_early_stops_the_workers(models, pipe, photo, tmp_pat
 def test_a_run_stopped_before_its_turn_runs_no_model(models, pipe, photo, tmp_path):
     calls = []
     hooks = [module.register_forward_hook(lambda *args: calls.append(1))
-             for module in (models.vlm, models.vision, models.video.transformer, models.video.vae)]
+             for module in (models.vlm, models.vision, models.video_pipeline.transformer, models.video_pipeline.vae)]
     stop = threading.Event()
     stop.set()  # as when Stop is pressed while the run waits behind another
     try:
@@ -174,31 +212,27 @@ def test_a_run_stopped_before_its_turn_runs_no_model(models, pipe, photo, tmp_pa
     assert calls == []
 
 
-def test_runs_share_two_long_lived_workers(pipe, photo, tmp_path):
+def test_runs_share_long_lived_workers(pipe, photo, tmp_path):
     """Compiled decode steps record CUDA graphs per thread: every run must use the same threads."""
     names = set()
     for seed in range(3):
         run_events(pipe, photo, seed=seed, out_dir=tmp_path)
         names.add(frozenset(t.ident for t in threading.enumerate() if t.name.startswith("foresight-")))
-    assert len(names) == 1 and len(next(iter(names))) == 2
+    assert len(names) == 1 and len(next(iter(names))) == 3  # thinker, renderer, preview copier
 
 
 def test_queued_runs_each_condition_their_video_on_their_own_image(pipe, photo, tmp_path):
     """Runs queued behind a busy thinker each get their own prefill states, not the first one's."""
     other = photo.transpose(0).rotate(90, expand=True)  # another picture, another prefill
 
-    def last_frame(events):
-        frame = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"][-1]
-        return np.asarray(decode_frame(frame), dtype=np.int16)
-
-    alone = last_frame(run_events(pipe, other, mode="fused", seed=5, out_dir=tmp_path))
-    thinker, _ = pipe._workers()
+    alone = frames_of(run_events(pipe, other, mode="fused", seed=5, out_dir=tmp_path, frame_events=True))[-1]
+    thinker, _, _ = pipe._workers()
     gate = threading.Event()
     thinker.submit(gate.wait)  # the thinker is busy: both runs below queue behind it
     results = {}
 
     def consume(name, image):
-        results[name] = run_events(pipe, image, mode="fused", seed=5, out_dir=tmp_path)
+        results[name] = run_events(pipe, image, mode="fused", seed=5, out_dir=tmp_path, frame_events=True)
 
     threads = [threading.Thread(target=consume, args=("first", photo)),
                threading.Thread(target=consume, args=("second", other))]
@@ -209,7 +243,7 @@ def test_queued_runs_each_condition_their_video_on_their_own_image(pipe, photo, 
     for thread in threads:
         thread.join(60)
     assert all(results[name][-1]["video_url"] for name in ("first", "second"))
-    assert np.array_equal(last_frame(results["second"]), alone)
+    assert np.array_equal(frames_of(results["second"])[-1], alone)
 
 
 def test_text_only_run_has_no_video(pipe, photo, tmp_path):
@@ -250,10 +284,18 @@ def _run_in_child(pipe, image, results):
     results.put([ev["type"] for ev in events])
 
 
-def test_a_forked_child_runs_with_its_own_workers(pipe, photo):
-    """ZeroGPU runs each GPU call in a forked process: the parent's worker threads do not exist there."""
+def test_a_forked_child_runs_with_its_own_workers(models, photo):
+    """ZeroGPU runs each GPU call in a forked process: the parent's worker threads do not exist there.
+
+    The child runs on the CPU: a process forked after CUDA started cannot use CUDA (on ZeroGPU the
+    parent never starts it), so on a GPU machine this test loads CPU copies of the tiny models."""
     import multiprocessing
 
+    from foresight.profiles import load
+
+    if models.settings.device != "cpu":
+        models = load(dataclasses.replace(models.settings, device="cpu", dtype="float32"), log=lambda m: None)
+    pipe = ForesightPipeline(models)
     run_events(pipe, photo, video=False)  # the parent's workers exist
     fork = multiprocessing.get_context("fork")
     results = fork.Queue()

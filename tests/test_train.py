@@ -13,8 +13,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from foresight.bridge import BridgeError, find_bridge_checkpoint, load_bridge
+from foresight.config import base_models
 from foresight.data import FeatureSet
-from foresight.models import base_models
 from foresight.pipeline import ForesightPipeline
 from foresight.train import Trainer, TrainConfig, default_num_tokens, read_metrics
 
@@ -96,13 +96,13 @@ def test_a_resumed_run_continues_the_same_curve(models, image_features, tmp_path
 
 def test_the_checkpoint_plugs_into_the_pipeline_and_changes_fused_output(models, trained, tmp_path):
     out, _ = trained
-    folder, note = find_bridge_checkpoint(dataclasses.replace(models.settings, weights_dir=out.parent))
+    folder, note = find_bridge_checkpoint(out.parent, base_models(models.settings))
     assert folder == out and "squares loaded" in note
     bridge = load_bridge(out, expected_base_models=base_models(models.settings)).eval()
 
     def last_frame(the_models):
         events = run_events(ForesightPipeline(the_models), ROOT / "examples" / "cat.jpg", mode="fused", seed=5,
-                            out_dir=tmp_path)
+                            out_dir=tmp_path, frame_events=True)
         frame = [ev for ev in events if ev["type"] == "video_frame"][-1]
         return frame["data"]
 
@@ -119,7 +119,7 @@ def test_a_checkpoint_for_other_base_models_is_refused(models, trained, tmp_path
     (other / "bridge.safetensors").write_bytes((out / "bridge.safetensors").read_bytes())
     with pytest.raises(BridgeError, match="trained on 'someone/other-vlm'"):
         load_bridge(other, expected_base_models=base_models(models.settings))
-    folder, note = find_bridge_checkpoint(dataclasses.replace(models.settings, weights_dir=other.parent))
+    folder, note = find_bridge_checkpoint(other.parent, base_models(models.settings))
     assert folder is None and "matches the running base models" in note
     from foresight.__main__ import main
 

@@ -10,11 +10,15 @@ and end-of-text, are suppressed so that every run decodes exactly `max_new_token
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Callable
 
 import torch
 
 from foresight.bridge import Bridge, BridgeConfig
+from foresight.config import Settings, base_models
+from foresight.models import Models, needs_text_encoder, prepare_video_pipeline, torch_dtype
+from foresight.profiles import tiny
 
 # Qwen2.5-VL-7B-Instruct's config.json
 QWEN_7B_TEXT = dict(
@@ -60,7 +64,7 @@ def _building(device: str, dtype: torch.dtype):
 
 
 def build_vlm(tokenizer, device: str, dtype: torch.dtype):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     token_id = tokenizer.convert_tokens_to_ids
     config = Qwen2_5_VLConfig(
@@ -72,46 +76,49 @@ def build_vlm(tokenizer, device: str, dtype: torch.dtype):
     with _building(device, dtype):
         vlm = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
     ends = [token_id("<|im_end|>"), token_id("<|endoftext|>")]
-    vlm.generation_config.suppress_tokens = ends + list(range(len(tokenizer), QWEN_7B_TEXT["vocab_size"]))
-    vlm.generation_config.pad_token_id = ends[1]
+    vlm.generation_config = GenerationConfig(  # the real checkpoint's, and no token the tokenizer cannot show
+        bos_token_id=ends[1], pad_token_id=ends[1], eos_token_id=ends, **tiny.QWEN_GENERATION,
+        suppress_tokens=ends + list(range(len(tokenizer), QWEN_7B_TEXT["vocab_size"])))
     return vlm
 
 
-def build_video_pipeline(tiny_folder, device: str, dtype: torch.dtype, load_text_encoder: bool):
-    from diffusers import (
-        AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline, LTXVideoTransformer3DModel,
-    )
+def settings(base: Settings) -> Settings:
+    """A random VLM never writes a prediction line: in `text` mode the video starts after 20 tokens,
+    about the length of a real first line, so that mode's timeline is realistic."""
+    return replace(base, prediction_max_tokens=20)
+
+
+def build_video_pipeline(tiny_folder, settings: Settings, load_text_encoder: bool):
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXConditionPipeline, \
+        LTXVideoTransformer3DModel
     from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
-    with _building(device, dtype):
+    with _building(settings.device, torch_dtype(settings)):
         transformer = LTXVideoTransformer3DModel().eval()
         vae = AutoencoderKLLTXVideo(**LTX_095_VAE).eval()
         text_encoder = T5EncoderModel(T5Config(**T5_XXL)).eval() if load_text_encoder else None
-    pipe = LTXImageToVideoPipeline(
+    pipeline = LTXConditionPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(tiny_folder, subfolder="scheduler"),
         vae=vae, transformer=transformer, text_encoder=text_encoder,
         tokenizer=AutoTokenizer.from_pretrained(tiny_folder, subfolder="tokenizer") if load_text_encoder else None,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return prepare_video_pipeline(pipeline, settings)
 
 
-def build_random_full_models(settings, log: Callable[[str], None] = print, load_text_encoder: bool = True):
+def build_models(settings: Settings, log: Callable[[str], None] = print, load_text_encoder: bool | None = None):
+    """Every model at full size with random weights (the bridge too), on the settings' device."""
     from transformers import AutoImageProcessor, AutoProcessor, Dinov2Config, Dinov2Model
 
-    from foresight.models import Models, base_models, torch_dtype
-    from foresight.tiny import IDS, ensure_tiny_models
-
-    tiny, _ = ensure_tiny_models()
-    ids = IDS  # the small files live under the tiny profile's (default) ids, whatever ids are configured
+    folder, _ = tiny.ensure_tiny_models()
+    ids = tiny.IDS  # the small files live under the tiny profile's (default) ids, whatever ids are configured
     device, dtype = settings.device, torch_dtype(settings)
     log("[foresight] random-full: building the full-size architectures with random weights")
-    processor = AutoProcessor.from_pretrained(tiny / ids.vlm)
-    vlm = build_vlm(processor.tokenizer, device, dtype)
+    vlm_processor = AutoProcessor.from_pretrained(folder / ids.vlm)
+    vlm = build_vlm(vlm_processor.tokenizer, device, dtype)
     with _building(device, dtype):
         vision = Dinov2Model(Dinov2Config(**DINOV2_LARGE)).eval()
         bridge = Bridge(BridgeConfig(base_models=base_models(settings))).eval()
-    video = build_video_pipeline(tiny / ids.video, device, dtype, load_text_encoder)
-    note = "random full-size bridge (random-full profile)"
-    return Models(processor, vlm, AutoImageProcessor.from_pretrained(tiny / ids.vision), vision, video, bridge,
-                  note, settings)
+    video_pipeline = build_video_pipeline(folder / ids.video, settings,
+                                          needs_text_encoder(settings, True, load_text_encoder))
+    return Models(vlm_processor, vlm, AutoImageProcessor.from_pretrained(folder / ids.vision), vision,
+                  video_pipeline, bridge, "random full-size bridge (random-full profile)", settings)

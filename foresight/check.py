@@ -1,0 +1,134 @@
+"""`python -m foresight check`: after installing, does this machine make what it should?
+
+Runs one shipped example at the `fast` preset through the pipeline, as the app does, and checks
+what must hold with the real weights: a prediction line, a first frame close to the input (the
+video is conditioned on it), frames that move without turning into noise, a last preview close to
+the final frame, the mp4. With random weights (the `tiny` and `random-full` profiles) the checks
+that depend on what the models learned are reported as not meaningful instead of failing.
+Exit code 0 when every meaningful check passes, else 1.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from foresight.config import PRESETS
+from foresight.events import decode_frame
+from foresight.inputs import load_image, video_view
+from foresight.pipeline import ForesightPipeline
+from foresight.vlm import prediction_line
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cat.jpg"
+NOT_MEANINGFUL = "not meaningful with random weights"
+# Thresholds for the real weights. The first frame is the condition image through the VAE
+# (encode, decode with LTX's decode noise), so it is close but not identical.
+MIN_FIRST_FRAME_PSNR = 20.0
+MIN_PREVIEW_PSNR = 18.0  # the last preview decodes the last estimate (its first and last latent frames)
+MIN_MOTION = 0.5  # mean absolute change (0-255) between the first and last frame: something moves
+MAX_NOISE_GROWTH = 3.0  # the last frame's fine detail (Laplacian energy) against the first's
+
+
+@dataclass
+class Check:
+    name: str
+    value: str
+    status: str  # "pass", "fail", "info" or NOT_MEANINGFUL
+    needs_trained_weights: bool = False
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def detail(frame: np.ndarray) -> float:
+    """Fine detail of a frame: the mean squared Laplacian of its grey levels (noise raises it)."""
+    grey = frame.astype(np.float64).mean(-1)
+    laplacian = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
+    return float(np.mean(laplacian**2))
+
+
+def run_checks(models, image=EXAMPLE, log: Callable[[str], None] = print) -> list[Check]:
+    random_weights = models.settings.profile in ("tiny", "random-full")
+    cuda = models.settings.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    pipe = ForesightPipeline(models)
+    with tempfile.TemporaryDirectory() as scratch:
+        events = list(pipe(image, preset="fast", seed=0, out_dir=scratch, frame_events=True))
+        end = events[-1]
+        mp4_frames = None
+        if end.get("video_url"):
+            import imageio.v3 as iio
+
+            mp4_frames = iio.imread(end["video_url"], plugin="FFMPEG")
+    errors = [ev["message"] for ev in events if ev["type"] == "error"]
+    frames = [np.asarray(decode_frame(ev)) for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"]
+    previews = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "preview"]
+    condition = np.asarray(video_view(load_image(image), PRESETS["fast"]))
+
+    def check(name: str, value: str, ok: bool, needs_trained_weights: bool = False) -> Check:
+        status = NOT_MEANINGFUL if needs_trained_weights and random_weights else ("pass" if ok else "fail")
+        return Check(name, value, status, needs_trained_weights)
+
+    results = [
+        check("a run without errors", "; ".join(errors) or "none", not errors and end["type"] == "thinking_complete"),
+        check("text streams", f"{end.get('tokens', 0)} tokens", bool(end.get("text"))),
+        check("mp4 decodes to the preset's frames", "none" if mp4_frames is None else
+              f"{mp4_frames.shape[0]} frames {mp4_frames.shape[2]}×{mp4_frames.shape[1]}",
+              mp4_frames is not None and mp4_frames.shape[0] == PRESETS["fast"].num_frames),
+        check("previews, one per step", f"{len(previews)} of {models.settings.sampling.num_steps}",
+              len(previews) == models.settings.sampling.num_steps or models.settings.preview_every != 1),
+    ]
+    line = prediction_line(end.get("text", "") + "\n") or ""
+    has_next = end.get("text", "").lstrip("#*_ ").lower().startswith("next")
+    results.append(check("a prediction line ('Next: …')", repr(line[:80]), has_next and bool(line),
+                         needs_trained_weights=True))
+    if frames:
+        first, last = frames[0], frames[-1]
+        results.append(check("first frame close to the input", f"PSNR {psnr(first, condition):.1f} dB",
+                             psnr(first, condition) >= MIN_FIRST_FRAME_PSNR, needs_trained_weights=True))
+        motion = float(np.abs(last.astype(np.int16) - first.astype(np.int16)).mean())
+        growth = detail(last) / max(detail(first), 1e-6)
+        results.append(check("frames change over time", f"mean change {motion:.1f}/255", motion >= MIN_MOTION,
+                             needs_trained_weights=True))
+        results.append(check("…but not into noise", f"fine detail ×{growth:.2f} first to last",
+                             growth <= MAX_NOISE_GROWTH, needs_trained_weights=True))
+        if previews:
+            last_preview = np.asarray(decode_frame(previews[-1]))
+            results.append(check("last preview close to the final frame", f"PSNR {psnr(last_preview, last):.1f} dB",
+                                 psnr(last_preview, last) >= MIN_PREVIEW_PSNR, needs_trained_weights=True))
+    for label, key in (("first text", "ttft"), ("first preview", "first_frame"), ("mp4 ready", "video_ready")):
+        value = end.get(key)
+        results.append(Check(f"time to {label}", "–" if value is None else f"{value:.2f} s", "info"))
+    if cuda:
+        results.append(Check("peak GPU memory", f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", "info"))
+    return results
+
+
+def format_report(results: list[Check]) -> str:
+    width = max(len(c.name) for c in results)
+    return "\n".join(f"{c.status.upper() if c.status in ('pass', 'fail') else c.status:>34}  {c.name:<{width}}  "
+                     f"{c.value}" for c in results)
+
+
+def check_command(models, args, log: Callable[[str], None]) -> int:
+    settings = models.settings
+    log(f"[foresight] check: profile {settings.profile}, {settings.device}, {settings.dtype}; "
+        f"modes {', '.join(models.modes)}; bridge: {models.bridge_note}")
+    results = run_checks(models, args.image or EXAMPLE, log)
+    print(format_report(results))
+    failed = [c for c in results if c.status == "fail"]
+    print(f"{'FAIL' if failed else 'PASS'}: {sum(c.status == 'pass' for c in results)} passed, {len(failed)} failed"
+          + (f", {sum(c.status == NOT_MEANINGFUL for c in results)} {NOT_MEANINGFUL}"
+             if any(c.status == NOT_MEANINGFUL for c in results) else ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps([c.__dict__ for c in results], indent=2))
+    return 1 if failed else 0
