@@ -70,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
                                                    "(0: not paced; default: the settings')")
     bench.add_argument("--previews", default=None,
                        help="preview cadence(s), comma-separated: every N steps, 0 for none (default: the settings')")
-    bench.add_argument("--compile-video", action="store_true", help="torch.compile the LTX transformer first")
+    bench.add_argument("--compile-video", type=comma_list(("off", "on")), default=None,
+                       help="off, on or off,on: torch.compile LTX's transformer blocks and VAE decoder "
+                            "(compiled variants run last)")
+    bench.add_argument("--variant", action="append", default=None, metavar="D/S/P/N[/compiled]",
+                       help="instead of every combination of the above: one variant, decode/schedule/pace/previews "
+                            "(e.g. static/shared/45/1, or static/shared/45/1/compiled); repeatable")
     bench.add_argument("--max-new-tokens", type=int, default=None, help="tokens per run (default: the profile's)")
     bench.add_argument("--trace", default=None, metavar="DIR",
                        help="write one run's timeline per preset, mode and variant (PNG and JSON spans) here")
@@ -137,8 +142,7 @@ def run_command(args) -> int:
     if args.command in ("predict", "check") and "FORESIGHT_DECODE" not in os.environ:
         overrides["decode"] = "dynamic"  # one run: compiling the static decode would cost more than it saves
     if args.command == "bench":
-        overrides.update({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {},
-                         **({"compile_video": True} if args.compile_video else {}))
+        overrides.update({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})
     try:
         settings = make_settings(args.profile, **overrides)
     except ValueError as exc:

@@ -64,6 +64,7 @@ def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EX
     """{"preset/mode": summary} for one pipeline; one uncounted run per preset and mode first."""
     cuda = torch.cuda.is_available()
     results: dict[str, dict] = {}
+    alone: dict[str, list[float]] = {}  # text alone does not depend on the mode: measured once per preset
     with tempfile.TemporaryDirectory() as scratch:
         for preset, mode in itertools.product(presets, modes):
             for _ in pipe(image, preset=preset, mode=mode, seed=0, out_dir=scratch):  # warm-up, not counted
@@ -75,9 +76,11 @@ def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EX
                     torch.cuda.reset_peak_memory_stats()
                 events = list(pipe(image, preset=preset, mode=mode, seed=seed, out_dir=scratch))
                 metrics = run_metrics(events)
-                metrics["tok_s_alone"] = text_alone(pipe, image, preset)
                 metrics["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
                 samples.append(metrics)
+            alone.setdefault(preset, [text_alone(pipe, image, preset) for _ in range(runs)])
+            for sample, speed in zip(samples, alone[preset]):
+                sample["tok_s_alone"] = speed
             mode_ran = events[-1]["mode"]
             results[f"{preset}/{mode_ran}"] = summarize(samples)
             if trace_dir:
@@ -86,14 +89,25 @@ def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EX
     return results
 
 
-def variants(settings, decodes, schedules, paces, previews) -> list[tuple[str, object]]:
-    """(label, settings) for every combination asked for, shared schedules first (an untried
-    `streams` crash then loses nothing else)."""
+def variants(settings, decodes, schedules, paces, previews, compiles=(False,)) -> list[tuple[str, object]]:
+    """(label, settings) for every combination asked for: compiled ones last (compiling changes the
+    loaded modules for good), shared schedules first (an untried `streams` crash loses nothing else)."""
     out = []
-    for schedule, decode, pace, every in itertools.product(schedules, decodes, paces, previews):
-        changed = replace(settings, decode=decode, schedule=schedule, text_pace=pace, preview_every=every)
-        out.append((f"{decode}/{schedule}/pace {pace:g}/previews {every}", changed))
+    for compiled, schedule, decode, pace, every in itertools.product(compiles, schedules, decodes, paces, previews):
+        changed = replace(settings, decode=decode, schedule=schedule, text_pace=pace, preview_every=every,
+                          compile_video=compiled)
+        out.append((f"{decode}/{schedule}/pace {pace:g}/previews {every}" + ("/compiled" if compiled else ""),
+                    changed))
     return out
+
+
+def parse_variant(text: str, settings):
+    """(label, settings) from `decode/schedule/pace/previews[/compiled]`, e.g. `static/shared/45/1`."""
+    parts = text.split("/")
+    if len(parts) not in (4, 5) or (len(parts) == 5 and parts[4] != "compiled"):
+        raise ValueError(f"variant {text!r}: use decode/schedule/pace/previews[/compiled], e.g. static/shared/45/1")
+    decode, schedule, pace, every = parts[0], parts[1], float(parts[2]), int(parts[3])
+    return variants(settings, [decode], [schedule], [pace], [every], [len(parts) == 5])[0]
 
 
 def bench_variants(models, presets: list[str], runs: int, settings_list, modes: list[str | None],
@@ -227,12 +241,16 @@ def bench_command(models, args, log) -> int:
     settings = models.settings
     presets = args.preset or (["fast", "default"] if settings.profile == "tiny" else list(PRESETS))
     modes = args.mode or [None]
-    settings_list = variants(settings, args.decode or [settings.decode], args.schedule or [settings.schedule],
-                             _numbers(args.pace, settings.text_pace), _numbers(args.previews, settings.preview_every,
-                                                                                 int))
+    if args.variant:
+        settings_list = [parse_variant(text, settings) for text in args.variant]
+    else:
+        settings_list = variants(settings, args.decode or [settings.decode], args.schedule or [settings.schedule],
+                                 _numbers(args.pace, settings.text_pace),
+                                 _numbers(args.previews, settings.preview_every, int),
+                                 [item == "on" for item in args.compile_video] if args.compile_video else [False])
     started = time.strftime("%Y-%m-%d %H:%M")
     title = (f"Foresight bench · {started} · profile {settings.profile} · {machine()} · {args.runs} runs · "
-             f"{settings.max_new_tokens} new tokens · compile_video {settings.compile_video} · median (min–max)")
+             f"{settings.max_new_tokens} new tokens · median (min–max)")
     if settings.profile == "random-full" and "text" in modes:
         title += (f"\n(text mode: the random VLM writes no prediction line, so the video starts after "
                   f"{settings.prediction_max_tokens} tokens, about a real first line)")

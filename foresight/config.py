@@ -108,7 +108,7 @@ class Settings:
     # first and last latent frames ("ends", cheap) or the whole clip ("whole", exact).
     preview_every: int = 1
     preview_decode: str = "ends"
-    compile_video: bool = False  # torch.compile the LTX transformer (the warm-up pays it, per preset)
+    compile_video: bool = False  # torch.compile LTX's transformer blocks and VAE decoder (the warm-up pays it)
 
 
 DECODES = ("dynamic", "static")

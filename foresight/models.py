@@ -110,17 +110,15 @@ def load_video_pipeline(settings: Settings, load_text_encoder: bool = True):
     if not load_text_encoder:
         parts.update(text_encoder=None, tokenizer=None)
     pipeline = LTXConditionPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True, **parts)
-    return prepare_video_pipeline(pipeline.to(settings.device), settings)
+    return prepare_video_pipeline(pipeline.to(settings.device))
 
 
-def prepare_video_pipeline(pipeline, settings: Settings):
+def prepare_video_pipeline(pipeline):
     """Ready to sample the distilled checkpoints as documented (config.VideoSampling).
 
     Their timesteps are used as given: a scheduler without dynamic or terminal shifting, which
     would otherwise bend them (and with dynamic shifting on, as in the 0.9.5 repo's scheduler
-    config, LTXConditionPipeline's call, which passes no `mu`, fails). With `compile_video`, the
-    transformer's repeated blocks are compiled (diffusers' regional compilation: one block
-    compiled once, shapes dynamic, so no preset or aspect ratio compiles again).
+    config, LTXConditionPipeline's call, which passes no `mu`, fails).
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -129,8 +127,6 @@ def prepare_video_pipeline(pipeline, settings: Settings):
     pipeline.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
         pipeline.scheduler.config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None)
     pipeline.set_progress_bar_config(disable=True)
-    if settings.compile_video:
-        pipeline.transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)
     return pipeline
 
 

@@ -115,6 +115,8 @@ class ForesightPipeline:
         self.models = models
         self._workers_lock = threading.Lock()
         self._workers_pid: int | None = None
+        if models.settings.compile_video:
+            video_stage.compile_video(models.video_pipeline)
 
     def _workers(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor, ThreadPoolExecutor]:
         """(thinker, renderer, copier) of this process, made on first use.
@@ -141,21 +143,18 @@ class ForesightPipeline:
 
     def warm_up(self, image, log: Callable[[str], None] = print) -> None:
         """Runs before the first user: kernels, allocators, the static decode's compile (and, with
-        `compile_video`, the transformer's for every preset).
+        `compile_video`, the transformer's, shapes dynamic).
 
         If the static decode fails here (a compiler problem on this machine), the pipeline falls
         back to the dynamic decode rather than fail every user's run.
         """
-        presets = list(PRESETS) if self.models.settings.compile_video else ["fast"]
         with tempfile.TemporaryDirectory() as scratch:
-            events = list(self(image, preset=presets[0], seed=0, out_dir=scratch))
+            events = list(self(image, preset="fast", seed=0, out_dir=scratch))
             failed = [ev["message"] for ev in events if ev["type"] == "error" and ev["stage"] == "text"]
             if failed and self.models.settings.decode == "static":
                 log(f"[foresight] the static-cache decode failed ({failed[0]}); using the dynamic decode")
                 self.models = replace(self.models, settings=replace(self.models.settings, decode="dynamic"))
-                list(self(image, preset=presets[0], seed=0, out_dir=scratch))
-            for preset in presets[1:]:
-                list(self(image, preset=preset, seed=0, out_dir=scratch))
+                list(self(image, preset="fast", seed=0, out_dir=scratch))
 
     def __call__(self, image, prompt: str = "", preset: str = "default", mode: str | None = None,
                  seed: int | None = None, out_dir: str | Path = "outputs", stop: threading.Event | None = None,

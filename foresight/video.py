@@ -59,6 +59,16 @@ def negative_conditioning(models, embeds: torch.Tensor, mask: torch.Tensor) -> d
     return dict(negative_prompt_embeds=negative.to(embeds.dtype), negative_prompt_attention_mask=negative_mask)
 
 
+def compile_video(pipeline) -> None:
+    """torch.compile the denoising and decoding: the LTX transformer's repeated block (diffusers'
+    regional compilation: one block compiled once serves all of them) and the VAE's decoder, both
+    with dynamic shapes, so no preset or aspect ratio compiles again. Compiling happens at the
+    first call (the warm-up pays it)."""
+    if getattr(pipeline.vae.decoder, "_compiled_call_impl", None) is None:
+        pipeline.transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)
+        pipeline.vae.decoder.compile(dynamic=True)
+
+
 class DenoisingEstimate:
     """The model's estimate of the clean video at each step, x0 = x_t - sigma * v, from a forward hook.
 

@@ -1,57 +1,63 @@
 #!/usr/bin/env bash
-# The prepared GPU check, for a session lent a machine (../shared/DESIGN.md, "Using the GPU machine").
-# The machine has torch, transformers, imageio, matplotlib but no diffusers and no network. Here, first:
-#   pip download --no-deps -d wheels diffusers==0.42.1 transformers==5.24.0 imageio-ffmpeg==0.8.1 \
-#       importlib_metadata pytest pluggy iniconfig
-# then run it there:   run(command="STEPS='schedule train' bash scripts/device_bench.sh", carry=["wheels"], timeout_s=480)
-#                      run(command="STEPS='presets tests' bash scripts/device_bench.sh", carry=["wheels"], timeout_s=420)
-# (all four in one call may not fit the 600 s per-call limit) and try it here first:
-#   PROFILE=tiny OUT=/tmp/device-out bash scripts/device_bench.sh
+# The prepared GPU check, for a session lent a GPU machine (the device tool): the full-size
+# architectures with random weights (`random-full`), the bench's variants with a timeline picture
+# of each, the presets, and the test suite on CUDA.
 #
-# Steps, most important first; each writes its files as it goes, so a run cut short keeps them:
-#   1. schedule.md/json: the default preset, static vs dynamic decode x shared vs streams (the choice
-#      of defaults; ~4 min on an H100 by estimate, most of it the dynamic decode and one ~50 s compile).
-#      Shared-stream combinations run first, so a crash in the untried `streams` code loses nothing else.
-#   2. train.log: 20 bridge-training steps at full size (step time, peak memory)
-#   3. presets.md/json: fast and high with the static decode, both schedules (peak memory per preset)
-#   4. tests.md: the test suite (without the browser tests) on the GPU: bf16, CUDA graphs, both
-#      schedules' stream hand-over, in the tiny profile
-# Copy the numbers into docs/BENCHMARKS.md and docs/TRAINING.md with the date and the card.
+# The machine has no network, transformers 5.17 and no diffusers. Here, once:
+#   echo /.whl/ >> .git/info/exclude
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     --platform manylinux2010_x86_64 -d .whl diffusers==0.42.1 transformers==5.24.0 imageio-ffmpeg==0.5.1 \
+#     importlib_metadata regex
+# Try it here first:   PROFILE=tiny OUT=/tmp/device-out RUNS=1 WHEELS=0 bash scripts/device_bench.sh
+# There, in two calls that fit the per-call limit:
+#   run(command="STEPS=matrix bash scripts/device_bench.sh", carry=[".whl"], timeout_s=570)
+#   run(command="STEPS='presets tests' VARIANT=... bash scripts/device_bench.sh", carry=[".whl"], timeout_s=420)
+#
+# Steps (each writes as it goes, so a run cut short keeps what it measured):
+#   matrix:  the default preset, fused and text mode, in the variants of MATRIX (decode/schedule/
+#            text pace/preview cadence[/compiled]); compiled last, as compiling changes the models for good
+#   presets: fast and high, both modes, in VARIANT (the defaults, unless set)
+#   tests:   the suite without the browser tests, on CUDA, in the tiny profile
+# Output (at most 8 files come back): summary.md, matrix.json, presets.json, *.log, traces.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-random-full}
 OUT=${OUT:-device-out}
 RUNS=${RUNS:-3}
-TOKENS=${TOKENS:-128}  # enough to span the video at 80 tok/s; the dynamic decode takes ~8 s for them
-STEPS=${STEPS:-schedule train presets tests}
-mkdir -p "$OUT"
-if ls wheels/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-deps wheels/*.whl
+TOKENS=${TOKENS:-128}  # enough to span the video and then some
+STEPS=${STEPS:-matrix presets tests}
+MATRIX=${MATRIX:-static/shared/0/1 static/shared/45/1 static/streams/45/1 static/shared/45/2 static/shared/45/1/compiled}
+VARIANT=${VARIANT:-}
+mkdir -p "$OUT/traces"
+if [ "${WHEELS:-1}" = 1 ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || exit 1
 fi
+export PYTHONUNBUFFERED=1
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"
   python3 -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)"
-} > "$OUT/machine.txt" 2>&1
-step() {  # name, command...: run one measurement if STEPS names it, keep going if it fails
+  git log -1 --format='commit %h %s' 2>/dev/null
+} > "$OUT/summary.md" 2>&1
+step() {  # name, command...: run one step if STEPS names it; keep going if it fails
   local name=$1; shift
   [[ " $STEPS " == *" $name "* ]] || return 0
-  echo "== $name $(date -u +%T)" >&2
-  "$@" > "$OUT/$name.md" 2> "$OUT/$name.log" || echo "$name failed (exit $?), see $OUT/$name.log" >&2
+  echo "== $name $(date -u +%T)" | tee -a "$OUT/summary.md" >&2
+  local start=$SECONDS
+  "$@" >> "$OUT/summary.md" 2> "$OUT/$name.log" || echo "$name failed (exit $?), see $name.log" | tee -a "$OUT/summary.md" >&2
+  echo "($name took $((SECONDS - start)) s)" >> "$OUT/summary.md"
 }
-step schedule python3 -m foresight bench --profile "$PROFILE" --preset default --decode static,dynamic \
-  --schedule shared,streams --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/schedule.json"
-step train python3 -m foresight train --profile "$PROFILE" --data examples --out "$OUT/train" --steps 20 \
-  --batch-size 2 --val-fraction 0.34 --val-every 10 --warmup-steps 5
-step presets python3 -m foresight bench --profile "$PROFILE" --preset fast --preset high --decode static \
-  --schedule shared,streams --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/presets.json"
-step tests python3 -m pytest -q -x tests --ignore=tests/test_app.py
-echo "== done $(date -u +%T)" >&2
-cat "$OUT/machine.txt"
-for name in $STEPS; do
-  case $name in
-    train) tail -n 2 "$OUT/train.log" ;;
-    tests) tail -n 3 "$OUT/tests.md" ;;
-    *) cat "$OUT/$name.md" ;;
-  esac
-done
+variants=(); for v in $MATRIX; do variants+=(--variant "$v"); done
+step matrix python3 -m foresight bench --profile "$PROFILE" --preset default --mode fused,text "${variants[@]}" \
+  --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/matrix.json" --trace "$OUT/traces"
+preset_variant=(); [ -n "$VARIANT" ] && preset_variant=(--variant "$VARIANT")
+step presets python3 -m foresight bench --profile "$PROFILE" --preset fast --preset high --mode fused,text \
+  "${preset_variant[@]}" --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/presets.json" --trace "$OUT/traces"
+step tests python3 -m pytest -q -x -p no:cacheprovider tests --ignore=tests/test_app.py
+tar -czf "$OUT/traces.tar.gz" -C "$OUT" traces && rm -r "$OUT/traces"
+echo "== done $(date -u +%T)" >> "$OUT/summary.md"
+cat "$OUT/summary.md"
+[ -f "$OUT/tests.log" ] && tail -n 5 "$OUT/tests.log"
+exit 0

@@ -102,7 +102,7 @@ def build_video_pipeline(tiny_folder, settings: Settings, load_text_encoder: boo
         vae=vae, transformer=transformer, text_encoder=text_encoder,
         tokenizer=AutoTokenizer.from_pretrained(tiny_folder, subfolder="tokenizer") if load_text_encoder else None,
     )
-    return prepare_video_pipeline(pipeline, settings)
+    return prepare_video_pipeline(pipeline)
 
 
 def build_models(settings: Settings, log: Callable[[str], None] = print, load_text_encoder: bool | None = None):
