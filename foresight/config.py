@@ -99,10 +99,11 @@ class Settings:
     decode: str = "dynamic"
     static_cache_len: int = 2048  # one size for every call, so the compiled step is reused
     # How the two workers share the GPU: "shared" (one stream) or "streams" (the text on its own
-    # high-priority stream); see foresight/scheduling.py.
+    # high-priority stream); see foresight/scheduling.py. `streams` on CUDA (docs/BENCHMARKS.md).
     schedule: str = "shared"
     # While the video renders, the text is held to this many tokens a second (0: not held), so the
-    # video gets the GPU; it runs at full speed before and after.
+    # video gets the GPU; it runs at full speed before and after. 45 on CUDA: well ahead of any
+    # reader, and measured to give the video the most (docs/BENCHMARKS.md).
     text_pace: float = 0.0
     # Previews: decode the denoising estimate every `preview_every` steps (0: no previews), as its
     # first and last latent frames ("ends", cheap) or the whole clip ("whole", exact).
@@ -111,6 +112,7 @@ class Settings:
     compile_video: bool = False  # torch.compile LTX's transformer blocks and VAE decoder (the warm-up pays it)
 
 
+CUDA_TEXT_PACE = 45.0  # tokens/s while the video renders, on a GPU (Settings.text_pace)
 DECODES = ("dynamic", "static")
 SCHEDULES = ("shared", "streams")  # foresight/scheduling.py
 PREVIEW_DECODES = ("ends", "whole")
@@ -165,7 +167,10 @@ def settings_from_env(**overrides) -> Settings:
         dtype="bfloat16" if on_cuda else "float32",
         text_mode=_flag("FORESIGHT_TEXT_MODE", True),
         decode=env("FORESIGHT_DECODE") or default_decode(on_cuda),
-        schedule=env("FORESIGHT_SCHEDULE") or "shared",
+        schedule=env("FORESIGHT_SCHEDULE") or ("streams" if on_cuda else "shared"),
+        text_pace=float(env("FORESIGHT_TEXT_PACE") or (CUDA_TEXT_PACE if on_cuda else 0)),
+        preview_every=int(env("FORESIGHT_PREVIEW_EVERY") or 1),
+        compile_video=_flag("FORESIGHT_COMPILE_VIDEO", False),
     )
     return check(replace(settings, **overrides))
 

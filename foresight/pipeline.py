@@ -41,7 +41,7 @@ from foresight import vlm as vlm_stage
 from foresight.config import PRESETS, SMALLER_PRESET, Preset
 from foresight.events import event
 from foresight.inputs import InputError, check_question, load_image, video_view
-from foresight.media import jpeg_base64, write_mp4
+from foresight.media import Mp4Writer, jpeg_base64
 from foresight.scheduling import HostCopier, Pacer, use_stream, worker_streams
 from foresight.trace import Trace
 
@@ -142,19 +142,24 @@ class ForesightPipeline:
         return self.models.modes[0]
 
     def warm_up(self, image, log: Callable[[str], None] = print) -> None:
-        """Runs before the first user: kernels, allocators, the static decode's compile (and, with
-        `compile_video`, the transformer's, shapes dynamic).
+        """Runs before the first user: kernels, allocators, and what compiles (the static decode;
+        with `compile_video`, the video path, at every preset).
 
-        If the static decode fails here (a compiler problem on this machine), the pipeline falls
-        back to the dynamic decode rather than fail every user's run.
+        One compile at a time: torch.compile is not safe in two threads at once (measured: the
+        static decode's compile beside the video's failed), so the text runs alone, then the video
+        alone, then both. If the static decode fails here (a compiler problem on this machine), the
+        pipeline falls back to the dynamic decode rather than fail every user's run.
         """
         with tempfile.TemporaryDirectory() as scratch:
-            events = list(self(image, preset="fast", seed=0, out_dir=scratch))
+            events = list(self(image, preset="fast", seed=0, out_dir=scratch, video=False))
             failed = [ev["message"] for ev in events if ev["type"] == "error" and ev["stage"] == "text"]
             if failed and self.models.settings.decode == "static":
                 log(f"[foresight] the static-cache decode failed ({failed[0]}); using the dynamic decode")
                 self.models = replace(self.models, settings=replace(self.models.settings, decode="dynamic"))
-                list(self(image, preset="fast", seed=0, out_dir=scratch))
+            presets = PRESETS if self.models.settings.compile_video else ["fast"]
+            for preset in presets:
+                list(self(image, preset=preset, seed=0, out_dir=scratch, reasoning="Next: warming up."))
+            list(self(image, preset="fast", seed=0, out_dir=scratch))
 
     def __call__(self, image, prompt: str = "", preset: str = "default", mode: str | None = None,
                  seed: int | None = None, out_dir: str | Path = "outputs", stop: threading.Event | None = None,
@@ -317,9 +322,11 @@ class ForesightPipeline:
         """The renderer's work: conditioning, denoising with previews, frames and the mp4."""
         models, trace, preset = self.models, run.trace, job.preset
         previews: list[Future] = []
+        mp4: Future | None = None
         try:
             if run.stop.is_set():  # stopped while queued behind another run
                 return
+            mp4 = self._copier.submit(Mp4Writer, mp4_path, job.image.width, job.image.height, preset.fps)
             if job.prompt is not None:
                 with trace.span("video", "T5"):
                     embeds, mask = video_stage.text_conditioning(models, job.prompt)
@@ -346,7 +353,8 @@ class ForesightPipeline:
                 started = time.perf_counter()
                 if frame_events:  # the frames' JPEGs beside the mp4
                     encoding = self._copier.submit(self._post_frames, run, frames)
-                write_mp4(frames.numpy(), preset.fps, mp4_path)
+                mp4.result().write(frames.numpy())
+                mp4 = None
                 run.seconds["mp4"] = time.perf_counter() - started
                 if frame_events:
                     encoding.result()
@@ -360,6 +368,8 @@ class ForesightPipeline:
         finally:
             for preview in previews:
                 preview.exception()
+            if mp4 is not None and mp4.exception() is None:  # no video after all: no file either
+                mp4.result().abort()
             run.post("done", worker="video")
 
     def _post_preview(self, run: Run, rgb: torch.Tensor, ready, step: int, num_steps: int, preset: Preset) -> None:
