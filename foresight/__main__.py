@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--previews", default=None,
                        help="preview cadence(s), comma-separated: every N steps, 0 for none (default: the settings')")
     bench.add_argument("--compile-video", type=comma_list(("off", "on")), default=None,
-                       help="off, on or off,on: torch.compile LTX's transformer blocks and VAE decoder "
-                            "(compiled variants run last)")
+                       help="off, on or off,on: torch.compile LTX's transformer blocks (compiled variants run last)")
     bench.add_argument("--variant", action="append", default=None, metavar="D/S/P/N[/compiled]",
                        help="instead of every combination of the above: one variant, decode/schedule/pace/previews "
                             "(e.g. static/shared/45/1, or static/shared/45/1/compiled); repeatable")

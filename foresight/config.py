@@ -105,14 +105,16 @@ class Settings:
     # video gets the GPU; it runs at full speed before and after. 45 on CUDA: well ahead of any
     # reader, and measured to give the video the most (docs/BENCHMARKS.md).
     text_pace: float = 0.0
-    # Previews: decode the denoising estimate every `preview_every` steps (0: no previews), as its
-    # first and last latent frames ("ends", cheap) or the whole clip ("whole", exact).
+    # Previews: decode the denoising estimate every `preview_every` steps and at the last (0: no
+    # previews), as its first and last latent frames ("ends", cheap) or the whole clip ("whole",
+    # exact). Every 2nd step on CUDA.
     preview_every: int = 1
     preview_decode: str = "ends"
-    compile_video: bool = False  # torch.compile LTX's transformer blocks and VAE decoder (the warm-up pays it)
+    compile_video: bool = False  # torch.compile LTX's transformer blocks (the warm-up pays it); not yet measured alone
 
 
 CUDA_TEXT_PACE = 45.0  # tokens/s while the video renders, on a GPU (Settings.text_pace)
+CUDA_PREVIEW_EVERY = 2  # on a GPU an eager preview decode costs about a denoising step (docs/BENCHMARKS.md)
 DECODES = ("dynamic", "static")
 SCHEDULES = ("shared", "streams")  # foresight/scheduling.py
 PREVIEW_DECODES = ("ends", "whole")
@@ -169,7 +171,7 @@ def settings_from_env(**overrides) -> Settings:
         decode=env("FORESIGHT_DECODE") or default_decode(on_cuda),
         schedule=env("FORESIGHT_SCHEDULE") or ("streams" if on_cuda else "shared"),
         text_pace=float(env("FORESIGHT_TEXT_PACE") or (CUDA_TEXT_PACE if on_cuda else 0)),
-        preview_every=int(env("FORESIGHT_PREVIEW_EVERY") or 1),
+        preview_every=int(env("FORESIGHT_PREVIEW_EVERY") or (CUDA_PREVIEW_EVERY if on_cuda else 1)),
         compile_video=_flag("FORESIGHT_COMPILE_VIDEO", False),
     )
     return check(replace(settings, **overrides))

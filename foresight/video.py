@@ -60,13 +60,15 @@ def negative_conditioning(models, embeds: torch.Tensor, mask: torch.Tensor) -> d
 
 
 def compile_video(pipeline) -> None:
-    """torch.compile the denoising and decoding: the LTX transformer's repeated block (diffusers'
-    regional compilation: one block compiled once serves all of them) and the VAE's decoder, both
-    with dynamic shapes, so no preset or aspect ratio compiles again. Compiling happens at the
-    first call (the warm-up pays it)."""
-    if getattr(pipeline.vae.decoder, "_compiled_call_impl", None) is None:
+    """torch.compile the denoising: the LTX transformer's repeated block (diffusers' regional
+    compilation: one block compiled once serves all of them), shapes dynamic, so no preset or
+    aspect ratio compiles again. Compiling happens at the first call (the warm-up pays it).
+
+    The VAE's decoder is left eager: compiled with dynamic shapes it still compiled again for some
+    sizes (guards on conv3d sizes), which would stall a user's run at an unseen aspect ratio."""
+    blocks = pipeline.transformer.transformer_blocks
+    if all(getattr(block, "_compiled_call_impl", None) is None for block in blocks):
         pipeline.transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)
-        pipeline.vae.decoder.compile(dynamic=True)
 
 
 class DenoisingEstimate:

@@ -1,0 +1,108 @@
+"""The timeline's mechanisms: text at every token, pacing, compiled video, and settings that change
+timing but never what is made."""
+
+import threading
+import time
+
+import numpy as np
+import torch
+
+from foresight.pipeline import ForesightPipeline
+from foresight.scheduling import Pacer
+from foresight.vlm import TokenStreamer
+
+from conftest import frames_of, run_events, with_settings
+
+
+class SpellingTokenizer:
+    """Token ids are byte values: decodes like a byte-level BPE does, U+FFFD for a cut character."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_text_is_handed_on_at_every_token_and_only_whole_characters():
+    chunks, tokens = [], []
+    streamer = TokenStreamer(SpellingTokenizer(), chunks.append, on_token=lambda: tokens.append(1))
+    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt: skipped
+    for byte in "Next: café".encode():
+        streamer.put(torch.tensor([byte]))
+    streamer.end()
+    assert "".join(chunks) == "Next: café" and len(tokens) == len("Next: café".encode())
+    assert chunks[:6] == list("Next: "), "no waiting for the end of a word"
+    assert "\ufffd" not in "".join(chunks) and chunks[-1] == "é"  # held until its second byte came
+
+
+def test_the_first_text_follows_the_first_token(pipe, photo, tmp_path):
+    events = run_events(pipe, photo, seed=1, out_dir=tmp_path)
+    end = events[-1]
+    assert end["ttft"] - end["token_times"][0] < 0.05
+
+
+def test_the_pacer_holds_the_rate_and_lets_go_at_once():
+    pacer = Pacer()
+    pacer.hold(50.0)
+    stamps = []
+    for _ in range(6):
+        pacer.wait()
+        stamps.append(time.perf_counter())
+    gaps = np.diff(stamps)
+    assert gaps.min() > 0.015 and abs(gaps.mean() - 0.02) < 0.01
+    pacer.hold(1.0)
+    pacer.wait()
+    release = threading.Timer(0.1, pacer.release)
+    release.start()
+    started = time.perf_counter()
+    pacer.wait()  # would sleep a second; released after 0.1 s
+    assert time.perf_counter() - started < 0.5
+    pacer.wait()  # released: no more waiting
+    assert time.perf_counter() - started < 0.5
+
+
+def test_paced_text_reads_slower_while_the_video_renders_and_says_the_same(models, photo, tmp_path):
+    free = run_events(ForesightPipeline(models), photo, mode="fused", seed=4, out_dir=tmp_path, frame_events=True)
+    paced = run_events(ForesightPipeline(with_settings(models, text_pace=40.0)), photo, mode="fused", seed=4,
+                       out_dir=tmp_path, frame_events=True)
+    end = paced[-1]
+    during = [t for t in end["token_times"] if end["video_start"] <= t <= end["video_ready"] - 1 / 40]
+    assert len(during) >= 5
+    gaps = np.diff(during)[2:]  # the hold starts between two tokens
+    assert 0.85 / 40 < gaps.mean() < 1.5 / 40 and gaps.min() > 0.5 / 40, "at the pace while the video renders"
+    after = np.diff([t for t in end["token_times"] if t > end["video_ready"] + 0.01])
+    assert len(after) == 0 or np.median(after) < 1 / 40 * 0.8, "full speed once the video is done"
+    assert end["text"] == free[-1]["text"]
+    assert all(np.array_equal(a, b) for a, b in zip(frames_of(paced), frames_of(free)))
+
+
+def test_every_timing_setting_makes_the_same_text_and_frames(models, photo, tmp_path):
+    """Schedules, pacing and preview cadence change when things happen, never what is made."""
+    reference = run_events(ForesightPipeline(models), photo, mode="text", seed=6, out_dir=tmp_path, frame_events=True)
+    for changes in ({"schedule": "streams"}, {"text_pace": 60.0}, {"preview_every": 2}, {"preview_decode": "whole"}):
+        events = run_events(ForesightPipeline(with_settings(models, **changes)), photo, mode="text", seed=6,
+                            out_dir=tmp_path, frame_events=True)
+        assert events[-1]["text"] == reference[-1]["text"], changes
+        assert events[-1]["prediction"] == reference[-1]["prediction"], changes
+        assert all(np.array_equal(a, b) for a, b in zip(frames_of(events), frames_of(reference))), changes
+        assert [ev["type"] for ev in events if ev["type"] != "video_frame"] == \
+            [ev["type"] for ev in reference if ev["type"] != "video_frame"], changes
+
+
+def test_the_compiled_video_path_compiles_once_and_makes_the_same_video(models, photo, tmp_path):
+    """On CUDA the warm-up pays this compile; here the same compile runs on the CPU. It compiles the
+    loaded modules for good, so it runs on a copy of the tiny models."""
+    import torch._dynamo.utils
+
+    from foresight.profiles import load
+
+    eager = run_events(ForesightPipeline(models), photo, mode="fused", seed=2, out_dir=tmp_path, frame_events=True)
+    copy = load(models.settings, log=lambda m: None)
+    compiled = ForesightPipeline(with_settings(copy, compile_video=True))
+    graphs = torch._dynamo.utils.counters["stats"]
+    before = graphs["unique_graphs"]
+    events = run_events(compiled, photo, mode="fused", seed=2, out_dir=tmp_path, frame_events=True)
+    compiled_graphs = graphs["unique_graphs"]
+    assert compiled_graphs > before, "the video path was compiled"
+    for image, preset in ((photo.resize((200, 300)), "default"), (photo.resize((600, 150)), "fast")):
+        other_size = run_events(compiled, image, preset=preset, mode="fused", seed=2, out_dir=tmp_path)
+        assert other_size[-1]["video_url"] and graphs["unique_graphs"] == compiled_graphs, "no compile per shape"
+    assert max(np.abs(a - b).max() for a, b in zip(frames_of(events), frames_of(eager))) <= 16
