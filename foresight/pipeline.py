@@ -240,7 +240,7 @@ class ForesightPipeline:
                         start_video(video_job(states=data["capture"]))
                 elif kind == "text":
                     text += data["chunk"]
-                    first["ttft"] = first["ttft"] or data["t"]
+                    first["ttft"] = first["ttft"] or round(data["t"], 4)
                     yield event("text_chunk", data["t"], content=data["chunk"])
                     if mode == "text" and video and rendering is None:  # text: the video waits for the prediction
                         line = vlm_stage.prediction_line(text)
@@ -251,11 +251,11 @@ class ForesightPipeline:
                     yield event("error", run.now(), stage="text", recoverable=True,
                                 message=f"The reasoning stopped early: {data['message']}")
                 elif kind in ("preview", "frame"):
-                    first["first_frame"] = first["first_frame"] or data["t"]
+                    first["first_frame"] = first["first_frame"] or round(data["t"], 4)
                     yield event("video_frame", data["t"], **{k: v for k, v in data.items() if k != "t"})
                 elif kind == "video_done":  # 5. the rest of the text runs at full speed
                     run.pacer.release()
-                    first["video_ready"], video_url = data["t"], str(mp4_path)
+                    first["video_ready"], video_url = round(data["t"], 4), str(mp4_path)
                     yield event("video_complete", data["t"], video_url=video_url, num_frames=data["num_frames"],
                                 fps=data["fps"])
                 elif kind == "out_of_memory":
