@@ -1,36 +1,44 @@
 """Foresight's web page: drop an image, watch the model think and the future render.
 
-    python app.py [--profile tiny|full] [--host H] [--port P] [--share] [--preset fast|default|high]
+    python app.py [--profile tiny|full|random-full] [--host H] [--port P] [--share] [--preset NAME]
 
 Every flag has an environment variable (FORESIGHT_PROFILE, FORESIGHT_HOST, FORESIGHT_PORT,
-FORESIGHT_SHARE, FORESIGHT_PRESET) so a Hugging Face Space can set them. This file is UI only:
-it turns the pipeline's events (foresight/pipeline.py) into component updates.
+FORESIGHT_SHARE, FORESIGHT_PRESET, ...) so a Hugging Face Space can set them. This file is the
+page and its handlers only: the models start in foresight/serving.py, files are kept bounded by
+foresight/storage.py, and each run is the pipeline's stream of events (foresight/pipeline.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import random
+import shutil
 import tempfile
 import threading
-import time
+import uuid
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio loads: no telemetry unless asked
 import gradio as gr  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
+from PIL import UnidentifiedImageError  # noqa: E402
 
+from foresight import storage  # noqa: E402
 from foresight.config import PRESETS  # noqa: E402
 from foresight.events import decode_frame  # noqa: E402
-from foresight.inputs import MAX_QUESTION_CHARS  # noqa: E402
+from foresight.inputs import MAX_QUESTION_CHARS, InputError, load_image  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 OUTPUT_DIR = Path(os.environ.get("FORESIGHT_OUTPUTS", Path(tempfile.gettempdir()) / "foresight-outputs"))
-MAX_OUTPUT_RUNS = int(os.environ.get("FORESIGHT_MAX_OUTPUT_RUNS", 30))  # older videos are deleted
-CACHE_TTL_S = int(os.environ.get("FORESIGHT_CACHE_TTL", 3600))  # Gradio's copies of previews and videos
+MAX_OUTPUT_RUNS = int(os.environ.get("FORESIGHT_MAX_OUTPUT_RUNS", 30))  # older runs' files are deleted
+CACHE_TTL_S = int(os.environ.get("FORESIGHT_CACHE_TTL", 3600))  # Gradio's copies of previews and videos...
+CACHE_MAX_MB = int(os.environ.get("FORESIGHT_CACHE_MAX_MB", 1024))  # ...kept for this long, and to this size
+HISTORY_SIZE = 12  # runs a session's history keeps
 MODE_CHOICES = [("Auto", "auto"), ("Fused (bridge)", "fused"), ("Text (T5)", "text")]
 # Gradio sizes gallery columns by item count (one run = one full-width tile): keep thumbnails small.
 CSS = "#history .grid-container { --grid-cols: 8 !important; }"
+log = logging.getLogger("foresight.app")  # one line per refused input, never a traceback
 
 try:  # ZeroGPU Spaces hand out the GPU per call; elsewhere the package is absent and not needed
     import spaces
@@ -45,7 +53,7 @@ class UploadImage(gr.Image):
     """An image input that passes unreadable uploads on instead of failing inside Gradio.
 
     Gradio opens each upload with PIL before the handler runs, so a corrupt file would reach the
-    user as a bare "Error". Handing its path on lets the pipeline refuse it with a clear message.
+    user as a bare "Error". Handing its path on lets the page refuse it with a clear message.
     As a template of gr.Image (`is_template`), the page draws it with Gradio's own image widget.
     """
 
@@ -58,211 +66,299 @@ class UploadImage(gr.Image):
             return str(payload.path) if payload is not None and payload.path else None
 
 
-def status_line(record: dict) -> str:
+def preset_label(name: str) -> str:
+    preset = PRESETS[name]
+    return f"{name.capitalize()} · {preset.width}×{preset.height} · {preset.seconds:.1f} s"
+
+
+def refusal(message: str) -> str:
+    return f"⚠️ {message}"
+
+
+def rendering_line(start: dict) -> str:
+    seconds = start["num_frames"] / start["fps"]
+    return f"{start['width']}×{start['height']}, {start['num_frames']} frames ({seconds:.1f} s at {start['fps']} fps)"
+
+
+def caption(record: dict) -> str:
+    if record.get("mode") == "text" and record.get("prediction"):
+        return (f"**The video shows:** “{record['prediction']}”  \n"
+                "Text mode: the video is conditioned on this line of the model's thinking.")
+    if record.get("mode") == "fused":
+        return "Fused mode: the video is conditioned on the image and the model's thinking through the learned bridge."
+    return ""
+
+
+def summary(record: dict) -> str:
+    """The status line once a run has ended."""
     if record.get("stopped"):
         return "Stopped."
-    parts = [f"**{record['mode']}** mode", f"seed {record['seed']}"]
-    for label, key in (("first token", "ttft"), ("first frame", "first_frame"), ("video ready", "video_ready")):
+    parts = [f"**{record['mode']}** mode", f"seed {record['seed']}", f"rendered at {record['size']}"]
+    for label, key in (("first text", "ttft"), ("first preview", "first_frame"), ("video", "video_ready")):
         if record.get(key) is not None:
             parts.append(f"{label} {record[key]:.2f} s")
-    line = " · ".join(parts)
+    lines = [" · ".join(parts)]
+    lines += [f"ℹ️ {note}" for note in record.get("notes", [])]
     if record.get("video_error"):
-        line += f"  \n⚠️ {record['video_error']} Press **Retry video** to render it again."
-    if record.get("note"):
-        line += f"  \nℹ️ {record['note']}"
-    return line
+        lines.append(f"⚠️ {record['video_error']} Press **Retry video** to render it again.")
+    return "  \n".join(lines)
 
 
-def prune_outputs(folder: Path, keep_runs: int) -> None:
-    """Keep the newest `keep_runs` runs' files (video and thumbnail share the run id)."""
-    runs: dict[str, float] = {}
-    for path in folder.glob("*"):
-        run_id = path.name.split(".")[0]
-        runs[run_id] = max(runs.get(run_id, 0.0), path.stat().st_mtime)
-    for run_id in sorted(runs, key=runs.get)[:-keep_runs or None]:
-        for path in folder.glob(f"{run_id}.*"):
-            path.unlink(missing_ok=True)
+def waiting_line(ahead: int, seconds: float | None) -> str:
+    runs = "1 run" if ahead == 1 else f"{ahead} runs"
+    return f"Waiting: {runs} ahead" + (f" (about {seconds:.0f} s)" if seconds else "") + "."
 
 
-def sweep_cache(demo: gr.Blocks, folder: Path, age_s: float) -> int:
-    """Delete files in Gradio's cache older than `age_s`, except those the page itself needs (examples).
+def queue_position(demo: gr.Blocks, session_hash: str) -> tuple[int, float | None] | None:
+    """(runs ahead, Gradio's estimate of the wait) for this session's waiting run; None if it is not waiting.
 
-    `delete_cache` only sees files Gradio tracks on the page's own blocks; the previews and videos
-    that a streaming handler yields are cached without being tracked, so they would pile up.
+    Read from Gradio's own queue (the GPU's concurrency group): the runs queued before this one,
+    plus the one running, and Gradio's average run time for the function.
     """
-    keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in demo.blocks.values()))
-    now, removed = time.time(), 0
-    for path in folder.rglob("*"):
-        try:
-            if path.is_file() and str(path) not in keep and now - path.stat().st_mtime > age_s:
-                path.unlink()
-                removed += 1
-        except FileNotFoundError:
-            continue
-    return removed
+    queue = demo._queue
+    waiting = queue.event_queue_per_concurrency_id.get("gpu")
+    if waiting is None:
+        return None
+    for rank, event in enumerate(list(waiting.queue)):
+        if event.session_hash == session_hash:
+            timing = queue.process_time_per_fn.get(event.fn)
+            ahead = rank + waiting.current_concurrency
+            return ahead, (timing.avg_time * ahead if timing and timing.avg_time else None)
+    return None
 
 
-def keep_cache_bounded(demo: gr.Blocks, age_s: float) -> threading.Thread:
-    folder = Path(gr.utils.get_upload_folder())
-
-    def loop():
-        while True:
-            time.sleep(max(1.0, age_s / 2))
-            sweep_cache(demo, folder, age_s)
-
-    thread = threading.Thread(target=loop, daemon=True, name="foresight-cache-sweeper")
-    thread.start()
-    return thread
-
-
-def build_demo(pipe, default_preset: str = "default", banner: str = "") -> gr.Blocks:
+def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blocks:
     """The page. `pipe` is a ForesightPipeline; nothing here touches a model directly."""
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     modes = pipe.models.modes
 
-    def refuse(message: str):
-        """Record the refusal for the status line, then show it (gr.Error ends the event)."""
-        yield gr.skip(), gr.skip(), gr.skip(), {"error": message}
-        raise gr.Error(message)
-
-    def run_stream(image, prompt, preset, mode, seed, reasoning=None):
-        """Pipeline events -> (text, preview, video, record) updates; raises gr.Error for bad input."""
-        if image is None:
-            yield from refuse("Please add an image first (upload, webcam or paste).")
-        text, record, last_preview, video_path = "", {}, None, None
-        events = pipe(image, prompt=prompt or "", preset=preset, mode=None if mode == "auto" else mode,
-                      seed=seed, out_dir=OUTPUT_DIR, reasoning=reasoning)
+    def stream(image_path, question, preset, mode, seed, stop, record):
+        """The pipeline's events for one run, with `record` kept up to date; the run works on its own
+        copy of the upload (in its folder), which its history and a retry use too."""
+        folder = storage.run_folder(OUTPUT_DIR, uuid.uuid4().hex[:12])
+        upload = storage.keep_upload(image_path, folder)
+        record.update(folder=str(folder), upload=str(upload), name=storage.video_name(image_path, seed),
+                      question=question or "", preset=preset, seed=seed, text="", notes=[])
+        events = pipe(upload, prompt=question or "", preset=preset, mode=None if mode == "auto" else mode,
+                      seed=seed, out_dir=folder, stop=stop, video_name=record["name"])
         try:
             for ev in events:
-                kind = ev["type"]
-                if kind == "thinking_start":
-                    record = {"run_id": ev["run_id"], "seed": ev["seed"], "mode": ev["mode"], "note": ev["note"]}
-                elif kind == "text_chunk":
-                    text += ev["content"]
-                    yield text, gr.skip(), gr.skip(), gr.skip()
-                elif kind == "video_frame" and ev["kind"] == "preview":
-                    last_preview = decode_frame(ev)
-                    yield gr.skip(), last_preview, gr.skip(), gr.skip()
-                elif kind == "video_complete":
-                    video_path = ev["video_url"]
-                    yield gr.skip(), gr.skip(), video_path, gr.skip()
-                elif kind == "error" and ev["stage"] == "input":
-                    yield from refuse(ev["message"])
-                elif kind == "error":
-                    gr.Warning(ev["message"])
-                    if ev["stage"] == "video" and not ev.get("retry_preset"):
-                        record["video_error"] = ev["message"]
-                elif kind == "thinking_complete":
-                    record.update(text=ev["text"], video=ev["video_url"], stopped=ev["stopped"],
-                                  ttft=ev["ttft"], first_frame=ev["first_frame"], video_ready=ev["video_ready"])
-                    # The whole state once more, so an API client's final result holds every output.
-                    yield ev["text"], last_preview, video_path, record
+                if ev["type"] == "thinking_start":
+                    record.update(mode=ev["mode"], size=rendering_line(ev),
+                                  notes=[n for n in [ev["note"], *ev["input_notes"]] if n])
+                elif ev["type"] == "text_chunk":
+                    record["text"] += ev["content"]
+                elif ev["type"] == "video_complete":
+                    record["video"] = ev["video_url"]
+                elif ev["type"] == "error" and ev["stage"] == "video" and not ev.get("retry_preset"):
+                    record["video_error"] = ev["message"]
+                elif ev["type"] == "error" and ev["stage"] != "input":
+                    record["notes"].append(ev["message"])
+                elif ev["type"] == "thinking_complete":
+                    record.update({k: ev[k] for k in ("stopped", "prediction", "ttft", "first_frame", "video_ready")})
+                yield ev
         finally:
-            events.close()  # on Stop, ends the GPU work at its next step
-            prune_outputs(OUTPUT_DIR, MAX_OUTPUT_RUNS)
-
-    @gpu
-    def predict(image, prompt="", preset=default_preset, mode="auto", seed=0, randomize_seed=True):
-        """Think about the image and render what happens next; streams (text, preview, video, run record)."""
-        yield from run_stream(image, prompt, preset, mode, None if randomize_seed else int(seed))
-
-    @gpu
-    def retry_video(image, prompt, preset, mode, record):
-        """Render the last run's video again, for its text, without a new reasoning stream."""
-        if not record or not record.get("text"):
-            raise gr.Error("There is no run to retry yet.")
-        for _, preview, video, new_record in run_stream(image, prompt, preset, record["mode"], record["seed"],
-                                                           reasoning=record["text"]):
-            yield preview, video, new_record
+            events.close()  # a closed page or a cancelled client: the GPU work ends at its next step
+            if record.get("stopped") is not False:  # stopped or cancelled: nothing to keep or retry
+                shutil.rmtree(folder, ignore_errors=True)
+            storage.keep_newest_runs(OUTPUT_DIR, MAX_OUTPUT_RUNS)
 
     def begin():
-        """Clear the last run and lock Generate until this one ends (a second click would queue behind it)."""
-        return "", None, None, "Thinking…", gr.update(visible=False), {}, gr.update(interactive=False)
+        """Clear the last run, lock Generate until this one has really ended, and say it is waiting."""
+        control = {"stop": threading.Event()}
+        return ("", gr.update(value=None, visible=True), gr.update(value=None, visible=False), "",
+                "Waiting for the GPU…", control, {}, gr.update(interactive=False), gr.update(interactive=True),
+                gr.update(visible=False), gr.Timer(active=True))
 
-    def finish(image, record, history):
-        unlock = gr.update(interactive=True)
-        if not record:  # stopped: the Stop button has said so
-            return gr.skip(), history, gr.skip(), gr.skip(), gr.skip(), unlock
-        if record.get("error"):
-            return f"⚠️ {record['error']}", history, gr.skip(), gr.skip(), gr.skip(), unlock
-        if record.get("video") and image is not None:
-            thumb = OUTPUT_DIR / f"{record['run_id']}.jpg"
-            try:
-                with Image.open(image) as im:
-                    im.convert("RGB").resize((160, max(1, round(160 * im.height / im.width)))).save(thumb)
-                history = [record | {"thumb": str(thumb)}] + history
-            except (OSError, ValueError):
-                pass
-        history = [h for h in history if Path(h["video"]).exists()]
-        gallery = [(h["thumb"], h["text"][:60]) for h in history]
+    @gpu
+    def run(image, question, preset, mode, seed, randomize, control):
+        """One run for the page: text, preview then video in one place, status in words."""
+        stop = (control or {}).get("stop") or threading.Event()
+        seed = random.randrange(2**31) if randomize else int(seed or 0)
+        record, preview = {}, None
+        try:
+            load_image(image)
+        except InputError as exc:
+            log.info("refused an input: %s", exc)
+            record["error"] = str(exc)
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), refusal(str(exc)), record, gr.Timer(active=False)
+            return
+        for ev in stream(image, question, preset, mode, seed, stop, record):
+            kind = ev["type"]
+            if kind == "thinking_start":
+                yield (gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"Thinking… · {record['size']}", record,
+                       gr.Timer(active=False))
+            elif kind == "text_chunk":
+                yield record["text"], gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            elif kind == "video_frame" and ev["kind"] == "preview":
+                preview = decode_frame(ev)
+                status = "Stopping…" if stop.is_set() else f"Rendering step {ev['step'] + 1}/{ev['num_steps']}"
+                yield gr.skip(), preview, gr.skip(), gr.skip(), status, gr.skip(), gr.skip()
+            elif kind == "video_complete":
+                yield (gr.skip(), gr.update(visible=False), gr.update(value=ev["video_url"], visible=True),
+                       gr.skip(), gr.skip(), gr.skip(), gr.skip())
+            elif kind == "thinking_complete":
+                if preview is not None:
+                    record["preview"] = str(Path(record["folder"]) / "preview.jpg")
+                    preview.save(record["preview"])
+                yield record["text"], gr.skip(), gr.skip(), caption(record), summary(record), record, gr.skip()
+
+    def stop_run(control):
+        """Stop is a state: the run ends at its next token or denoising step, then `finish` unlocks."""
+        if control and control.get("stop"):
+            control["stop"].set()
+        return "Stopping…", gr.update(interactive=False)
+
+    def finish(record, history):
+        """The run has ended on the server: unlock Generate, keep it in the history."""
+        controls = (gr.update(interactive=True), gr.update(interactive=False), gr.Timer(active=False))
+        try:
+            if record.get("video"):
+                if "input" not in record:
+                    source, thumbnail = storage.save_input(record["upload"], Path(record["folder"]))
+                    record = {**record, "input": str(source), "thumbnail": str(thumbnail)}
+                others = [h for h in history if h["folder"] != record["folder"]]  # a retried run replaces itself
+                history = [record, *others][:HISTORY_SIZE]
+        except (OSError, InputError) as exc:  # the page must unlock whatever happened to the files
+            log.info("could not keep the run in the history: %s", exc)
+        gallery = [(h["thumbnail"], h["text"][:60]) for h in history]
         retry = gr.update(visible=bool(record.get("video_error")))
-        return status_line(record), history, gallery, retry, record["seed"], unlock
+        return (history, gallery, retry, *controls)
+
+    def begin_retry():
+        """Like `begin`, but the run's text stays: only its video is rendered again."""
+        control = {"stop": threading.Event()}
+        return ("Rendering the video again…", control, gr.update(interactive=False), gr.update(interactive=True),
+                gr.update(visible=False))
 
     def show_history(history, evt: gr.SelectData):
+        """Restore a whole run: its input, question, preset, seed, text, video and what was said."""
         item = history[evt.index]
-        return item["text"], item["video"], status_line(item)
+        return (item["input"], item["question"], item["preset"], item["seed"], False, item["text"],
+                gr.update(value=item.get("preview"), visible=False), gr.update(value=item["video"], visible=True),
+                caption(item), summary(item), item)
+
+    @gpu
+    def retry_video(record, control):
+        """Render the video again for the run's own image and text, without a new reasoning stream."""
+        stop = (control or {}).get("stop") or threading.Event()
+        events = pipe(record["upload"], prompt=record["question"], preset=record["preset"], mode=record["mode"],
+                      seed=record["seed"], out_dir=record["folder"], stop=stop, reasoning=record["text"],
+                      video_name=record["name"] + "-retry")
+        for ev in events:
+            if ev["type"] == "video_frame":
+                yield (gr.update(value=decode_frame(ev), visible=True), gr.update(visible=False),
+                       f"Rendering step {ev['step'] + 1}/{ev['num_steps']}", gr.skip())
+            elif ev["type"] == "video_complete":
+                yield gr.update(visible=False), gr.update(value=ev["video_url"], visible=True), gr.skip(), gr.skip()
+            elif ev["type"] == "error":
+                yield gr.skip(), gr.skip(), refusal(ev["message"]), gr.skip()
+            elif ev["type"] == "thinking_complete":
+                again = {**record, "video": ev["video_url"], "video_error": None, "stopped": ev["stopped"],
+                         "video_ready": ev["video_ready"]}
+                yield gr.skip(), gr.skip(), summary(again), again
+
+    def waiting(request: gr.Request):
+        position = queue_position(demo, request.session_hash)
+        return gr.skip() if position is None or position[0] == 0 else waiting_line(*position)
+
+    def check_upload(image):
+        """Refuse a file that is not an image when it is uploaded, not only at Generate."""
+        if image is None:
+            return gr.skip(), gr.skip()
+        try:
+            notes = []
+            load_image(image, notes)
+        except InputError as exc:
+            log.info("refused an upload: %s", exc)
+            return None, refusal(str(exc))
+        return gr.skip(), "  \n".join(["Ready."] + [f"ℹ️ {note}" for note in notes])
+
+    @gpu
+    def predict(image, prompt="", preset=default_preset):
+        """API: think about the image and render what happens next; streams (text, preview, video)."""
+        try:
+            load_image(image)
+        except InputError as exc:
+            log.info("refused an API input: %s", exc)
+            raise gr.Error(str(exc), print_exception=False) from None
+        record, preview = {}, None
+        for ev in stream(image, prompt, preset, "auto", random.randrange(2**31), threading.Event(), record):
+            if ev["type"] == "text_chunk":
+                yield record["text"], gr.skip(), gr.skip()
+            elif ev["type"] == "video_frame":
+                preview = decode_frame(ev)
+                yield gr.skip(), preview, gr.skip()
+            elif ev["type"] == "video_complete":
+                yield gr.skip(), gr.skip(), ev["video_url"]
+        yield record["text"], preview, record.get("video")  # the whole result once more, for job.result()
 
     with gr.Blocks(title="Foresight", delete_cache=(CACHE_TTL_S, CACHE_TTL_S)) as demo:
         gr.Markdown("# Foresight\nDrop an image. The model thinks out loud and shows what happens next.")
-        if banner:
-            gr.Markdown(banner, elem_id="banner")
         with gr.Row():
             with gr.Column(scale=1):
                 image = UploadImage(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"],
                                     elem_id="input-image", height=320)
-                prompt = gr.Textbox(label="Question (optional)", placeholder="What happens next?",
-                                    elem_id="prompt", lines=1, max_length=MAX_QUESTION_CHARS)
-                with gr.Row():
-                    preset = gr.Radio([(f"{n} · {p.width}² · {p.num_frames} frames", n) for n, p in PRESETS.items()],
-                                      value=default_preset, label="Preset", elem_id="preset")
+                question = gr.Textbox(label="Question (optional)", placeholder="What happens next?",
+                                      elem_id="prompt", lines=1, max_length=MAX_QUESTION_CHARS)
+                preset = gr.Radio([(preset_label(name), name) for name in PRESETS], value=default_preset,
+                                  label="Video", elem_id="preset")
                 with gr.Accordion("Options", open=False):
                     mode = gr.Radio([c for c in MODE_CHOICES if c[1] in ["auto", *modes]], value="auto",
                                     label="Conditioning", elem_id="mode")
                     with gr.Row():
-                        seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+                        seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed", interactive=False)
                         randomize = gr.Checkbox(value=True, label="Randomize seed", elem_id="randomize")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False)
                 gr.Examples([[str(p)] for p in sorted(EXAMPLES_DIR.glob("*.jpg"))], inputs=[image],
                             label="Examples (CC0 / public domain, see examples/LICENSE.md)")
+                with gr.Accordion("About", open=False, elem_id="about"):
+                    gr.Markdown(about)
             with gr.Column(scale=2):
                 status = gr.Markdown("Ready.", elem_id="status")
                 reasoning = gr.Textbox(label="Thinking", lines=8, max_lines=16, elem_id="reasoning",
                                        autoscroll=True)
-                with gr.Row():
-                    preview = gr.Image(label="Foresight (preview)", elem_id="preview", format="jpeg",
-                                       interactive=False, height=320)
-                    video = gr.Video(label="Foresight", elem_id="video", autoplay=True, loop=True,
-                                     interactive=False, height=320)
+                with gr.Group():
+                    preview = gr.Image(label="What happens next", elem_id="preview", format="jpeg",
+                                       interactive=False, height=360, show_label=True)
+                    video = gr.Video(label="What happens next", elem_id="video", autoplay=True, loop=True,
+                                     interactive=False, height=360, visible=False)
+                    shown = gr.Markdown("", elem_id="caption")
                 retry = gr.Button("Retry video", visible=False, elem_id="retry")
-                history_state = gr.State([])
-                record_state = gr.State({})
                 gallery = gr.Gallery(label="This session's runs", columns=8, height=150, object_fit="cover",
                                      elem_id="history", allow_preview=False)
+        control, record, history = gr.State({}), gr.State({}), gr.State([])
+        timer = gr.Timer(1.0, active=False)
+        api_trigger = gr.Button(visible=False)
 
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
-        run = generate.click(begin, outputs=[reasoning, preview, video, status, retry, record_state, generate],
-                             queue=False, api_visibility="private")
-        run = run.then(predict, inputs=[image, prompt, preset, mode, seed, randomize],
-                       outputs=[reasoning, preview, video, record_state], api_name="predict",
-                       show_progress_on=[reasoning], **gpu_queue)
-        # `.then` follows a run that ended or was stopped, `.failure` one that raised (a refused input);
-        # Gradio runs exactly one of them.
-        finished = dict(fn=finish, inputs=[image, record_state, history_state],
-                        outputs=[status, history_state, gallery, retry, seed, generate], api_visibility="private")
-        run.then(**finished)
-        run.failure(**finished)
-        again = retry.click(retry_video, inputs=[image, prompt, preset, mode, record_state],
-                            outputs=[preview, video, record_state], api_name="retry_video",
-                            show_progress_on=[preview], **gpu_queue)
-        again.then(**finished)
-        again.failure(**finished)
-        stop.click(lambda: ("Stopped.", gr.update(interactive=True)), outputs=[status, generate], cancels=[run, again],
-                   queue=False, api_visibility="private")
-        gallery.select(show_history, inputs=[history_state], outputs=[reasoning, video, status],
-                       api_visibility="private")
+        private = dict(api_visibility="private", show_progress="hidden")  # the status line says it in words
+        started = generate.click(begin, outputs=[reasoning, preview, video, shown, status, control, record, generate,
+                                                 stop, retry, timer], queue=False, **private)
+        ran = started.then(run, inputs=[image, question, preset, mode, seed, randomize, control],
+                           outputs=[reasoning, preview, video, shown, status, record, timer], **gpu_queue, **private)
+        ran.then(finish, inputs=[record, history], outputs=[history, gallery, retry, generate, stop, timer], **private)
+        stop.click(stop_run, inputs=[control], outputs=[status, stop], queue=False, **private)
+        again = retry.click(begin_retry, outputs=[status, control, generate, stop, retry], queue=False, **private)
+        again = again.then(retry_video, inputs=[record, control], outputs=[preview, video, status, record],
+                           **gpu_queue, **private)
+        again.then(finish, inputs=[record, history], outputs=[history, gallery, retry, generate, stop, timer],
+                   **private)
+        timer.tick(waiting, outputs=[status], queue=False, **private)
+        image.upload(check_upload, inputs=[image], outputs=[image, status], queue=False, **private)
+        randomize.change(lambda on: gr.update(interactive=not on), inputs=[randomize], outputs=[seed], **private)
+        gallery.select(show_history, inputs=[history], outputs=[image, question, preset, seed, randomize, reasoning,
+                                                                preview, video, shown, status, record], **private)
+        api_trigger.click(predict, inputs=[image, question, preset], outputs=[reasoning, preview, video],
+                          api_name="predict", **gpu_queue)
     return demo
+
+
+def kept_files(demo: gr.Blocks) -> set[str]:
+    """Files in Gradio's cache that the page itself needs (the examples)."""
+    return set().union(*(getattr(block, "keep_in_cache", set()) for block in demo.blocks.values()))
 
 
 def parse_args(argv=None):
@@ -275,46 +371,29 @@ def parse_args(argv=None):
     parser.add_argument("--share", action="store_true", default=env("FORESIGHT_SHARE", "") in ("1", "true"))
     parser.add_argument("--preset", choices=list(PRESETS), default=env("FORESIGHT_PRESET", "default"))
     parser.add_argument("--queue-size", type=int, default=int(env("FORESIGHT_QUEUE_SIZE", 16)))
+    parser.add_argument("--weights", default=env("FORESIGHT_WEIGHTS"), metavar="DIR",
+                        help="a bridge checkpoint folder for fused mode (default: the first fitting one in weights/)")
     parser.add_argument("--no-text-mode", action="store_true",
                         help="skip T5-XXL (9.5 GB) when a bridge runs fused mode (also FORESIGHT_TEXT_MODE=0)")
     return parser.parse_args(argv)
 
 
-def warm_up(pipe) -> None:
-    """One fast run before the first user (with the static decode, its compile: about a minute)."""
-    start = time.perf_counter()
-    print("[foresight] warming up ...", flush=True)
-    pipe.warm_up(next(iter(sorted(EXAMPLES_DIR.glob("*.jpg")))), log=lambda m: print(m, flush=True))
-    print(f"[foresight] warmed up in {time.perf_counter() - start:.1f}s", flush=True)
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from foresight.config import on_zero_gpu
-    from foresight.pipeline import ForesightPipeline
-    from foresight.profiles import load, make_settings
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[foresight] %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    from foresight.serving import start
 
-    settings = make_settings(args.profile, **({"text_mode": False} if args.no_text_mode else {}))
-    banner = ""
-    if settings.profile == "tiny":
-        message = ("Tiny profile: the models have random weights, so the text and video are noise. "
-                   "On a CUDA GPU, start `python app.py --profile full` for the real models.")
-        print(f"[foresight] {message}", flush=True)
-        banner = f"⚠️ {message}"
-    elif settings.profile == "full":
-        print("[foresight] full profile: the first start downloads about 33 GB of weights from the hub.", flush=True)
-    models = load(settings, log=lambda m: print(m, flush=True))
-    banner = "  \n".join(filter(None, [banner, f"Bridge: {models.bridge_note}."]))
-    pipe = ForesightPipeline(models)
-    if on_zero_gpu():
-        print("[foresight] ZeroGPU: the GPU is lent per call, so there is no warm-up at start", flush=True)
-    else:
-        warm_up(pipe)
-    demo = build_demo(pipe, default_preset=args.preset, banner=banner)
-    keep_cache_bounded(demo, CACHE_TTL_S)
+    pipe, about = start(args.profile, text_mode=not args.no_text_mode, weights=args.weights,
+                        log=lambda message: print(message, flush=True))
+    demo = build_demo(pipe, default_preset=args.preset, about=about)
+    storage.keep_swept(Path(gr.utils.get_upload_folder()), CACHE_TTL_S, CACHE_MAX_MB * 2**20,
+                       keep=lambda: kept_files(demo))
     demo.queue(max_size=args.queue_size).launch(
         server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(OUTPUT_DIR)],
-        show_error=True, css=CSS)
+        show_error=True, css=CSS, footer_links=["api", "gradio", "settings"], run_history=False)
 
 
 if __name__ == "__main__":

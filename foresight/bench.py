@@ -184,13 +184,9 @@ def app_timeline(url: str, presets: list[str], runs: int, image=EXAMPLE) -> dict
     def one_run(preset: str) -> dict:
         start, seen = time.perf_counter(), {}
         for outputs in client.submit(handle_file(str(image)), "", preset, api_name="/predict"):
-            text, media = outputs[0], outputs[1]
-            if text and not _is_update(text):
-                seen.setdefault("text", time.perf_counter() - start)
-            if media and not _is_update(media):
-                kind = "video" if str(media.get("path") if isinstance(media, dict) else media).endswith(".mp4") \
-                    else "preview"
-                seen.setdefault(kind, time.perf_counter() - start)
+            for key, value in zip(("text", "preview", "video"), outputs, strict=True):
+                if value and not _is_update(value):
+                    seen.setdefault(key, time.perf_counter() - start)
         seen["done"] = time.perf_counter() - start
         return seen
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from PIL import Image
 # holding a GPU's worth of mappings that fork is slow, and it sits between the last denoising step
 # and the mp4. Without it, Ctrl-C in the terminal also reaches an ffmpeg mid-write: harmless.
 os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
+# An aborted writer (Stop) has written no frames on purpose; imageio-ffmpeg would warn about it.
+logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
 
 
 def jpeg_base64(rgb: np.ndarray, quality: int = 85) -> str:

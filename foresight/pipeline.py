@@ -163,13 +163,15 @@ class ForesightPipeline:
 
     def __call__(self, image, prompt: str = "", preset: str = "default", mode: str | None = None,
                  seed: int | None = None, out_dir: str | Path = "outputs", stop: threading.Event | None = None,
-                 reasoning: str | None = None, video: bool = True, frame_events: bool = False) -> Iterator[dict]:
+                 reasoning: str | None = None, video: bool = True, frame_events: bool = False,
+                 video_name: str | None = None) -> Iterator[dict]:
         """Yield the run's events.
 
         `reasoning`: render the video again for this existing text, without the VLM stream.
         `video=False`: the reasoning alone (the benchmark's "text alone").
         `frame_events`: also a `video_frame` event (kind `frame`, a JPEG) for every final frame;
         off by default, as the page shows the mp4 and the CLI writes it.
+        `video_name`: the mp4's file name in `out_dir` (without .mp4); default the run id.
         """
         run = Run(stop or threading.Event(), cuda=self.models.settings.device.startswith("cuda"))
         notes: list[str] = []
@@ -191,7 +193,7 @@ class ForesightPipeline:
                     num_frames=PRESETS[preset].num_frames, fps=PRESETS[preset].fps, seed=seed,
                     num_steps=self.models.settings.sampling.num_steps, note=note, input_notes=notes)
         yield from self._conduct(run, loaded, condition_image, prompt, preset, mode, seed,
-                                 Path(out_dir) / f"{run_id}.mp4", reasoning, video, frame_events)
+                                 Path(out_dir) / f"{video_name or run_id}.mp4", reasoning, video, frame_events)
 
     def _conduct(self, run: Run, image, condition_image, prompt: str, preset: str, mode: str, seed: int,
                  mp4_path: Path, reasoning: str | None, video: bool, frame_events: bool) -> Iterator[dict]:

@@ -1,15 +1,18 @@
 """The web app as people and programs meet it: launched on 127.0.0.1 in the tiny profile."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import imageio.v3 as iio
 import pytest
 from gradio_client import Client, handle_file
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = str(ROOT / "examples" / "cat.jpg")
@@ -86,6 +89,7 @@ def test_predict_streams_text_then_previews_then_the_video(client):
     assert text == texts[-1]
     frames = iio.imread(video, plugin="FFMPEG")
     assert frames.shape[0] == 17 and frames.shape[-1] == 3
+    assert re.fullmatch(r"cat-seed\d+\.mp4", Path(video).name), "the download is named after the input and seed"
 
 
 def test_bench_times_the_app_as_its_client_sees_it(server):
@@ -98,23 +102,25 @@ def test_bench_times_the_app_as_its_client_sees_it(server):
     assert "| fast |" in format_app_table({"fast": fast})
 
 
-def test_a_bad_image_is_a_clear_error_and_the_app_keeps_serving(client, tmp_path):
+def test_a_bad_image_is_one_clear_error_without_a_traceback_and_the_app_keeps_serving(client, server, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     with pytest.raises(Exception, match="could not be read as an image"):
         client.predict(handle_file(str(bad)), "", "fast", api_name="/predict")
     text, preview, video = client.predict(handle_file(EXAMPLE), "", "fast", api_name="/predict")
     assert text and Path(video).exists()
+    log = server["log"].read_text()
+    assert "refused an API input: That file could not be read as an image" in log and "Traceback" not in log
 
 
-def test_stop_ends_the_run_on_the_server(client, server):
-    before = set(server["outputs"].glob("*.mp4"))
+def test_a_cancelled_job_writes_no_video(client, server):
+    before = set(server["outputs"].rglob("*.mp4"))
     job = submit(client, preset="high")
     for _ in job:  # the first update: the run is on the GPU queue's worker
         break
     job.cancel()
     time.sleep(3)
-    assert set(server["outputs"].glob("*.mp4")) == before, "a stopped run writes no video"
+    assert set(server["outputs"].rglob("*.mp4")) <= before, "a cancelled run writes no video"
     text, preview, video = client.predict(handle_file(EXAMPLE), "", "fast", api_name="/predict")
     assert Path(video).exists(), "the next request runs normally"
 
@@ -122,66 +128,204 @@ def test_stop_ends_the_run_on_the_server(client, server):
 def test_disk_use_stays_bounded(client, server):
     for _ in range(4):
         client.predict(handle_file(EXAMPLE), "", "fast", api_name="/predict")
-    run_ids = {p.name.split(".")[0] for p in server["outputs"].iterdir()}
-    assert len(run_ids) <= 2  # FORESIGHT_MAX_OUTPUT_RUNS
+    assert len([p for p in server["outputs"].iterdir() if p.is_dir()]) <= 2  # FORESIGHT_MAX_OUTPUT_RUNS
     cached = [p for p in server["gradio_cache"].rglob("*") if p.is_file()]
     assert cached, "previews and videos pass through Gradio's cache"
     time.sleep(2 * CACHE_TTL_S + 2)
     remaining = [p for p in cached if p.exists()]
-    assert len(remaining) < len(cached), "Gradio's cache deletion removes old previews and videos"
+    assert len(remaining) < len(cached), "old previews and videos are deleted"
 
 
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(),
-                    reason="needs Debian's chromium (apt-get install chromium), as .ci/run installs")
-def test_in_a_real_browser(server):
+def test_the_cache_sweep_keeps_the_folder_under_its_size():
+    from foresight.storage import sweep
+
+    with tempfile.TemporaryDirectory() as folder:
+        for i in range(10):
+            path = Path(folder) / f"{i}.bin"
+            path.write_bytes(b"x" * 1000)
+            os.utime(path, (1000 + i, 1000 + i))
+        keep = {str(Path(folder) / "0.bin")}
+        assert sweep(Path(folder), max_age_s=10**12, max_bytes=4500, keep=keep) == 6
+        left = sorted(p.name for p in Path(folder).iterdir())
+        assert left == ["0.bin", "7.bin", "8.bin", "9.bin"], "the oldest go first; kept files stay"
+
+
+needs_chromium = pytest.mark.skipif(not Path("/usr/bin/chromium").exists(),
+                                    reason="needs Debian's chromium (apt-get install chromium), as .ci/run installs")
+
+
+def open_page(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector("#generate")
+    return page
+
+
+def upload(page, path):
+    page.locator("#input-image input[type=file]").set_input_files(str(path))
+    page.wait_for_selector("#input-image img", timeout=30_000)
+
+
+def status(page) -> str:
+    return page.inner_text("#status")
+
+
+def wait_status(page, text, timeout=60_000):
+    page.wait_for_function(f"document.querySelector('#status').innerText.includes({text!r})", timeout=timeout)
+
+
+def wait_idle(page, timeout=90_000):
+    """The run has ended on the server: Generate is unlocked again."""
+    page.wait_for_function("!document.querySelector('#generate').disabled", timeout=timeout)
+
+
+def generate(page, timeout=90_000):
+    """Press Generate and wait for the run to end."""
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#generate').disabled", timeout=10_000)
+    wait_idle(page, timeout)
+
+
+@needs_chromium
+def test_a_run_in_a_real_browser(server):
     from playwright import sync_api as playwright
+
     ARTIFACTS.mkdir(exist_ok=True)
     with playwright.sync_playwright() as p:
         browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(server["url"])
-        assert "Bridge: fused weights tiny-random loaded" in page.inner_text("#banner")
-        page.click("#generate")  # no image yet
-        page.wait_for_function("document.querySelector('#status').innerText.includes('Please add an image')",
-                               timeout=30_000)
-        page.locator("#input-image input[type=file]").set_input_files(
-            files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\n" + b"junk" * 50}])
+        page = open_page(browser, server["url"])
+        assert page.locator("#stop").is_disabled(), "Stop only while a run is active"
+        page.get_by_text("Options", exact=True).click()
+        assert page.locator("#seed input").is_disabled(), "no seed to type while it is randomized"
+        page.locator("#randomize input").uncheck()
+        page.wait_for_function("!document.querySelector('#seed input').disabled", timeout=10_000)
+        page.locator("#randomize input").check()
+        page.get_by_text("About", exact=True).click()
+        page.wait_for_function("document.querySelector('#about').innerText.includes('random-weight stand-ins')",
+                               timeout=10_000)
+        assert "Bridge:" in page.inner_text("#about") and "Bridge:" not in page.inner_text("#status")
+        upload(page, EXAMPLE)
         page.click("#generate")
-        page.wait_for_function("document.querySelector('#status').innerText.includes('could not be read')",
-                               timeout=30_000)
-        page.locator("#input-image button[aria-label='Remove Image']").click()
-        page.locator("#input-image input[type=file]").set_input_files(EXAMPLE)
-        page.wait_for_selector("#input-image img", timeout=30_000)
-        page.click("#generate")
+        page.wait_for_function("document.querySelector('#generate').disabled", timeout=10_000)
+        wait_status(page, "Rendering step")
         page.wait_for_function("document.querySelector('#reasoning textarea').value.length > 0", timeout=60_000)
-        page.wait_for_selector("#preview img[src]", timeout=60_000)
         page.wait_for_selector("#video video[src]", timeout=60_000)
-        page.wait_for_function("document.querySelector('#status').innerText.includes('seed')", timeout=60_000)
+        wait_idle(page)
         page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
-        assert "mode" in page.inner_text("#status")
-        page.wait_for_function("document.querySelectorAll('#history img').length == 1", timeout=30_000)
-        first_text = page.input_value("#reasoning textarea")
-        page.locator("#input-image input[type=file]").set_input_files(str(ROOT / "examples" / "rocket.jpg"))
-        page.click("#generate")
-        page.wait_for_function("document.querySelectorAll('#history img').length == 2", timeout=60_000)
-        assert page.input_value("#reasoning textarea") != first_text, "another image, another thought"
-        page.locator("#history img").nth(1).click()  # the older run: newest first
-        page.wait_for_function(f"document.querySelector('#reasoning textarea').value == {first_text!r}",
-                               timeout=30_000)
-        page.click("#preset label:has-text('high')")  # a long run, to stop
-        page.click("#generate")
-        page.wait_for_function("document.querySelector('#generate').disabled", timeout=10_000)  # one run at a time
-        page.wait_for_function("document.querySelector('#reasoning textarea').value.length > 0", timeout=60_000)
-        page.click("#stop")
-        page.wait_for_function("document.querySelector('#status').innerText.includes('Stopped.')", timeout=10_000)
-        page.wait_for_function("!document.querySelector('#generate').disabled", timeout=10_000)
-        page.wait_for_timeout(3000)  # a stopped run neither finishes nor writes over the status later
-        assert page.inner_text("#status").strip() == "Stopped."
-        assert page.locator("#video video[src]").count() == 0
+        assert "mode · seed" in status(page) and "rendered at" in status(page)
+        assert page.locator("#preview").is_hidden(), "the preview became the video where it stood"
+        assert "mode" in page.inner_text("#caption")
+        assert page.locator("#stop").is_disabled()
         browser.close()
 
 
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium")
+@needs_chromium
+def test_a_refusal_is_said_once_where_the_user_looks(server):
+    from playwright import sync_api as playwright
+
+    with playwright.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = open_page(browser, server["url"])
+        page.click("#generate")  # no image yet
+        wait_status(page, "Please add an image")
+        wait_idle(page)
+        page.locator("#input-image input[type=file]").set_input_files(
+            files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"these are not pixels" * 20}])
+        wait_status(page, "could not be read as an image")  # refused on upload, before Generate
+        page.wait_for_timeout(500)
+        text = page.inner_text("body")
+        assert text.count("could not be read as an image") == 1, "one message, not three"
+        assert page.locator(".toast-body").count() == 0 and page.locator("#reasoning .error").count() == 0
+        browser.close()
+    log = server["log"].read_text()
+    assert "refused an upload: That file could not be read as an image" in log and "Traceback" not in log
+
+
+@needs_chromium
+def test_stop_then_generate_at_once_starts_a_run(server):
+    """Pressing Stop while the previews render, then Generate the moment it is enabled, runs again."""
+    from playwright import sync_api as playwright
+
+    with playwright.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = open_page(browser, server["url"])
+        upload(page, EXAMPLE)
+        page.click("#preset label:has-text('High')")
+        page.click("#generate")
+        wait_status(page, "Rendering step")
+        page.click("#stop")
+        wait_status(page, "Stopping", timeout=5_000)
+        assert page.locator("#generate").is_disabled(), "no new run until this one has really ended"
+        wait_idle(page, timeout=30_000)
+        assert status(page).strip() == "Stopped."
+        assert page.locator("#video video[src]").count() == 0
+        page.click("#preset label:has-text('Fast')")
+        page.click("#generate")  # at once
+        page.wait_for_selector("#video video[src]", timeout=60_000)
+        wait_idle(page)
+        assert "mode · seed" in status(page)
+        browser.close()
+
+
+@needs_chromium
+def test_a_second_user_is_told_how_many_runs_are_ahead(server):
+    from playwright import sync_api as playwright
+
+    with playwright.sync_playwright() as p:
+        browser = launch_chromium(p)
+        first, second = open_page(browser, server["url"]), open_page(browser, server["url"])
+        for page in (first, second):
+            upload(page, EXAMPLE)
+        first.click("#preset label:has-text('High')")
+        first.click("#generate")
+        wait_status(first, "Rendering step")
+        second.click("#generate")
+        wait_status(second, "Waiting: 1 run ahead", timeout=15_000)
+        first.click("#stop")
+        wait_status(second, "Thinking", timeout=60_000)
+        wait_idle(second)
+        assert "mode · seed" in status(second)
+        browser.close()
+
+
+@needs_chromium
+def test_history_restores_a_whole_run_and_the_panorama_is_explained(server, tmp_path):
+    from playwright import sync_api as playwright
+
+    panorama = tmp_path / "panorama.png"
+    Image.new("RGB", (3000, 200), (200, 80, 40)).save(panorama)
+    with playwright.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = open_page(browser, server["url"])
+        upload(page, EXAMPLE)
+        page.fill("#prompt textarea", "Where will the cat look?")
+        page.press("#prompt textarea", "Tab")
+        page.click("#preset label:has-text('Fast')")
+        generate(page)
+        page.wait_for_function("document.querySelectorAll('#history img').length == 1", timeout=30_000)
+        first_text, first_status = page.input_value("#reasoning textarea"), status(page)
+        upload(page, panorama)
+        wait_status(page, "Ready.")
+        page.fill("#prompt textarea", "")
+        page.press("#prompt textarea", "Tab")
+        page.click("#preset label:has-text('Default')")
+        generate(page)
+        assert "centre-cropped to 3:1" in status(page) and "(20% of it)" in status(page)
+        page.wait_for_function("document.querySelectorAll('#history img').length == 2", timeout=30_000)
+        page.locator("#history img").nth(1).click()  # the older run: newest first
+        page.wait_for_function("document.querySelector('#prompt textarea').value == 'Where will the cat look?'",
+                               timeout=30_000)
+        assert page.input_value("#reasoning textarea") == first_text
+        assert page.locator("#preset input[value=fast]").is_checked()
+        assert status(page) == first_status and page.locator("#video video[src]").count() == 1
+        seed = first_status.split("seed ")[1].split(" ")[0]
+        page.get_by_text("Options", exact=True).click()
+        assert page.input_value("#seed input") == seed and not page.locator("#randomize input").is_checked()
+        assert page.locator("#input-image img").count() == 1
+        browser.close()
+
+
+@needs_chromium
 def test_a_failed_video_keeps_the_text_and_retry_renders_it(models, pipe, tmp_path):
     """In-process app, so the failure can be injected into the real LTX transformer with a hook."""
     import app
@@ -201,13 +345,11 @@ def test_a_failed_video_keeps_the_text_and_retry_renders_it(models, pipe, tmp_pa
     try:
         with playwright.sync_playwright() as p:
             browser = launch_chromium(p)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}")
-            page.locator("#input-image input[type=file]").set_input_files(EXAMPLE)
-            page.wait_for_selector("#input-image img", timeout=30_000)
+            page = open_page(browser, f"http://127.0.0.1:{port}")
+            upload(page, EXAMPLE)
             page.click("#generate")
             page.wait_for_selector("#retry", state="visible", timeout=60_000)
-            assert "injected failure" in page.inner_text("#status")
+            assert "injected failure" in status(page)
             text = page.input_value("#reasoning textarea")
             assert text, "the text stays"
             assert page.locator("#video video[src]").count() == 0
