@@ -265,6 +265,25 @@ def test_the_last_preview_matches_the_final_frame(models, photo, tmp_path, times
     assert np.abs(last_preview - final).mean() < 4
 
 
+@pytest.mark.parametrize("whole", [False, True], ids=["ends", "whole"])
+def test_a_preview_decodes_the_estimate_in_a_layout_the_vae_was_trained_on(models, whole):
+    """The causal VAE reads a first latent frame as one picture and each later one as eight: a
+    preview decodes the estimate's first and last latent frames together ("ends"), or all of them,
+    and shows the last picture; never a later latent frame alone."""
+    pipeline = models.video_pipeline
+    latents = torch.randn(1, 16, 5, 6, 8)  # 33 frames, 192x256
+    packed = pipeline._pack_latents(latents, 1, 1)
+    preview = video_stage.decode_estimate(pipeline, packed, (5, 6, 8), 0.05, whole=whole)
+    vae = pipeline.vae
+    chosen = latents if whole else latents[:, :, [0, 4]]
+    with torch.inference_mode():
+        pixels = vae.decode(pipeline._denormalize_latents(chosen, vae.latents_mean, vae.latents_std),
+                            torch.tensor([0.05]), return_dict=False)[0]
+    assert pixels.shape[2] == (33 if whole else 9)
+    expected = video_stage.to_uint8((pixels[0, :, -1] + 1) / 2).permute(1, 2, 0)
+    assert preview.shape == (192, 256, 3) and torch.equal(preview, expected)
+
+
 def test_a_preview_shows_the_clips_last_frame_at_the_videos_size(pipe, photo, tmp_path):
     events = run_events(pipe, photo, seed=2, out_dir=tmp_path)
     start = events[0]

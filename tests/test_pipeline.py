@@ -121,6 +121,7 @@ def test_a_failing_video_stage_keeps_the_text(models, pipe, photo, tmp_path):
     assert "video_complete" not in types(events)
     end = events[-1]
     assert end["type"] == "thinking_complete" and end["text"] and end["video_url"] is None
+    assert list(tmp_path.iterdir()) == [], "no partial mp4"
 
 
 def inject_out_of_memory(models, times: int):
@@ -171,6 +172,7 @@ def test_stop_ends_the_run_without_a_video(pipe, photo, tmp_path):
     assert "video_complete" not in types(events)
     previews = [ev for ev in events if ev["type"] == "video_frame"]
     assert len(previews) < 4  # stopped at the next denoising step, not after all of them
+    assert list(tmp_path.iterdir()) == [], "the mp4 begun beside the video is not left behind"
 
 
 def test_closing_the_stream_early_stops_the_workers(models, pipe, photo, tmp_path):
