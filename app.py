@@ -11,6 +11,7 @@ foresight/storage.py, and each run is the pipeline's stream of events (foresight
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import os
 import random
@@ -26,7 +27,6 @@ from PIL import UnidentifiedImageError  # noqa: E402
 
 from foresight import storage  # noqa: E402
 from foresight.config import PRESETS  # noqa: E402
-from foresight.events import decode_frame  # noqa: E402
 from foresight.inputs import MAX_QUESTION_CHARS, InputError, load_image  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
@@ -37,7 +37,11 @@ CACHE_MAX_MB = int(os.environ.get("FORESIGHT_CACHE_MAX_MB", 1024))  # ...kept fo
 HISTORY_SIZE = 12  # runs a session's history keeps
 MODE_CHOICES = [("Auto", "auto"), ("Fused (bridge)", "fused"), ("Text (T5)", "text")]
 # Gradio sizes gallery columns by item count (one run = one full-width tile): keep thumbnails small.
-CSS = "#history .grid-container { --grid-cols: 8 !important; }"
+CSS = """
+#history .grid-container { --grid-cols: 8 !important; }
+#output:has(#video video[src]) #preview { display: none; }  /* the preview becomes the video where it stands */
+#video:not(:has(video[src])) { display: none; }
+"""
 log = logging.getLogger("foresight.app")  # one line per refused input, never a traceback
 
 try:  # ZeroGPU Spaces hand out the GPU per call; elsewhere the package is absent and not needed
@@ -128,80 +132,82 @@ def queue_position(demo: gr.Blocks, session_hash: str) -> tuple[int, float | Non
 
 
 def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blocks:
-    """The page. `pipe` is a ForesightPipeline; nothing here touches a model directly."""
+    """The page. `pipe` is a ForesightPipeline; nothing here touches a model directly.
+
+    Streaming handlers yield plain values, never gr.update()/gr.skip(): in Gradio 6.31 a prop update
+    yielded from a generator leaves a new component in the session for as long as it lives
+    (docs/PITFALLS.md). The preview and the video share one place through CSS (the video hides
+    the preview once it has a source).
+    """
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     modes = pipe.models.modes
 
     def stream(image_path, question, preset, mode, seed, stop, record):
-        """The pipeline's events for one run, with `record` kept up to date; the run works on its own
-        copy of the upload (in its folder), which its history and a retry use too."""
+        """The pipeline's events for one run, with `record` kept up to date (its text, its latest
+        preview as a file, its video); the run works on its own copy of the upload, in its folder,
+        which its history and a retry use too."""
         folder = storage.run_folder(OUTPUT_DIR, uuid.uuid4().hex[:12])
         upload = storage.keep_upload(image_path, folder)
         record.update(folder=str(folder), upload=str(upload), name=storage.video_name(image_path, seed),
-                      question=question or "", preset=preset, seed=seed, text="", notes=[])
+                      question=question or "", preset=preset, seed=seed, text="", notes=[], preview=None, video=None)
         events = pipe(upload, prompt=question or "", preset=preset, mode=None if mode == "auto" else mode,
                       seed=seed, out_dir=folder, stop=stop, video_name=record["name"])
         try:
-            for ev in events:
-                if ev["type"] == "thinking_start":
-                    record.update(mode=ev["mode"], size=rendering_line(ev),
-                                  notes=[n for n in [ev["note"], *ev["input_notes"]] if n])
-                elif ev["type"] == "text_chunk":
-                    record["text"] += ev["content"]
-                elif ev["type"] == "video_complete":
-                    record["video"] = ev["video_url"]
-                elif ev["type"] == "error" and ev["stage"] == "video" and not ev.get("retry_preset"):
-                    record["video_error"] = ev["message"]
-                elif ev["type"] == "error" and ev["stage"] != "input":
-                    record["notes"].append(ev["message"])
-                elif ev["type"] == "thinking_complete":
-                    record.update({k: ev[k] for k in ("stopped", "prediction", "ttft", "first_frame", "video_ready")})
-                yield ev
+            yield from follow(events, record)
         finally:
             events.close()  # a closed page or a cancelled client: the GPU work ends at its next step
             if record.get("stopped") is not False:  # stopped or cancelled: nothing to keep or retry
                 shutil.rmtree(folder, ignore_errors=True)
             storage.keep_newest_runs(OUTPUT_DIR, MAX_OUTPUT_RUNS)
 
+    def follow(events, record):
+        """Keep `record` up to date from the events as they pass."""
+        for ev in events:
+            if ev["type"] == "thinking_start":
+                record.update(mode=ev["mode"], size=rendering_line(ev),
+                              notes=[n for n in [ev["note"], *ev["input_notes"]] if n])
+            elif ev["type"] == "text_chunk":
+                record["text"] += ev["content"]
+            elif ev["type"] == "video_frame":
+                record["preview"] = str(Path(record["folder"]) / f"preview-{ev['step']}.jpg")
+                Path(record["preview"]).write_bytes(base64.b64decode(ev["data"]))
+            elif ev["type"] == "video_complete":
+                record.update(video=ev["video_url"], video_error=None)
+            elif ev["type"] == "error" and ev["stage"] == "video" and not ev.get("retry_preset"):
+                record["video_error"] = ev["message"]
+            elif ev["type"] == "error" and ev["stage"] != "input":
+                record["notes"].append(ev["message"])
+            elif ev["type"] == "thinking_complete":
+                record.update({k: ev[k] for k in ("stopped", "prediction", "ttft", "first_frame", "video_ready")})
+            yield ev
+
     def begin():
         """Clear the last run, lock Generate until this one has really ended, and say it is waiting."""
         control = {"stop": threading.Event()}
-        return ("", gr.update(value=None, visible=True), gr.update(value=None, visible=False), "",
-                "Waiting for the GPU…", control, {}, gr.update(interactive=False), gr.update(interactive=True),
-                gr.update(visible=False), gr.Timer(active=True))
+        return ("", None, None, "", "Waiting for the GPU…", control, {}, gr.update(interactive=False),
+                gr.update(interactive=True), gr.update(visible=False), gr.Timer(active=True))
 
     @gpu
     def run(image, question, preset, mode, seed, randomize, control):
         """One run for the page: text, preview then video in one place, status in words."""
         stop = (control or {}).get("stop") or threading.Event()
         seed = random.randrange(2**31) if randomize else int(seed or 0)
-        record, preview = {}, None
+        record = {}
         try:
             load_image(image)
         except InputError as exc:
             log.info("refused an input: %s", exc)
-            record["error"] = str(exc)
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), refusal(str(exc)), record, gr.Timer(active=False)
+            yield "", None, None, "", refusal(str(exc)), record
             return
+        status = "Thinking…"
         for ev in stream(image, question, preset, mode, seed, stop, record):
-            kind = ev["type"]
-            if kind == "thinking_start":
-                yield (gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"Thinking… · {record['size']}", record,
-                       gr.Timer(active=False))
-            elif kind == "text_chunk":
-                yield record["text"], gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            elif kind == "video_frame" and ev["kind"] == "preview":
-                preview = decode_frame(ev)
+            if ev["type"] == "thinking_start":
+                status = f"Thinking… · {record['size']}"
+            elif ev["type"] == "video_frame":
                 status = "Stopping…" if stop.is_set() else f"Rendering step {ev['step'] + 1}/{ev['num_steps']}"
-                yield gr.skip(), preview, gr.skip(), gr.skip(), status, gr.skip(), gr.skip()
-            elif kind == "video_complete":
-                yield (gr.skip(), gr.update(visible=False), gr.update(value=ev["video_url"], visible=True),
-                       gr.skip(), gr.skip(), gr.skip(), gr.skip())
-            elif kind == "thinking_complete":
-                if preview is not None:
-                    record["preview"] = str(Path(record["folder"]) / "preview.jpg")
-                    preview.save(record["preview"])
-                yield record["text"], gr.skip(), gr.skip(), caption(record), summary(record), record, gr.skip()
+            elif ev["type"] == "thinking_complete":
+                status = summary(record)
+            yield record["text"], record["preview"], record["video"], caption(record), status, record
 
     def stop_run(control):
         """Stop is a state: the run ends at its next token or denoising step, then `finish` unlocks."""
@@ -211,7 +217,6 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
 
     def finish(record, history):
         """The run has ended on the server: unlock Generate, keep it in the history."""
-        controls = (gr.update(interactive=True), gr.update(interactive=False), gr.Timer(active=False))
         try:
             if record.get("video"):
                 if "input" not in record:
@@ -222,8 +227,8 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         except (OSError, InputError) as exc:  # the page must unlock whatever happened to the files
             log.info("could not keep the run in the history: %s", exc)
         gallery = [(h["thumbnail"], h["text"][:60]) for h in history]
-        retry = gr.update(visible=bool(record.get("video_error")))
-        return (history, gallery, retry, *controls)
+        return (history, gallery, gr.update(visible=bool(record.get("video_error"))), gr.update(interactive=True),
+                gr.update(interactive=False), gr.Timer(active=False), "")
 
     def begin_retry():
         """Like `begin`, but the run's text stays: only its video is rendered again."""
@@ -231,48 +236,46 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         return ("Rendering the video again…", control, gr.update(interactive=False), gr.update(interactive=True),
                 gr.update(visible=False))
 
-    def show_history(history, evt: gr.SelectData):
-        """Restore a whole run: its input, question, preset, seed, text, video and what was said."""
-        item = history[evt.index]
-        return (item["input"], item["question"], item["preset"], item["seed"], False, item["text"],
-                gr.update(value=item.get("preview"), visible=False), gr.update(value=item["video"], visible=True),
-                caption(item), summary(item), item)
-
     @gpu
     def retry_video(record, control):
         """Render the video again for the run's own image and text, without a new reasoning stream."""
         stop = (control or {}).get("stop") or threading.Event()
+        again = {**record, "video": None, "preview": None, "video_error": None}
         events = pipe(record["upload"], prompt=record["question"], preset=record["preset"], mode=record["mode"],
                       seed=record["seed"], out_dir=record["folder"], stop=stop, reasoning=record["text"],
                       video_name=record["name"] + "-retry")
-        for ev in events:
+        status = "Rendering the video again…"
+        for ev in follow(events, again):
             if ev["type"] == "video_frame":
-                yield (gr.update(value=decode_frame(ev), visible=True), gr.update(visible=False),
-                       f"Rendering step {ev['step'] + 1}/{ev['num_steps']}", gr.skip())
-            elif ev["type"] == "video_complete":
-                yield gr.update(visible=False), gr.update(value=ev["video_url"], visible=True), gr.skip(), gr.skip()
+                status = f"Rendering step {ev['step'] + 1}/{ev['num_steps']}"
             elif ev["type"] == "error":
-                yield gr.skip(), gr.skip(), refusal(ev["message"]), gr.skip()
+                status = refusal(ev["message"])
             elif ev["type"] == "thinking_complete":
-                again = {**record, "video": ev["video_url"], "video_error": None, "stopped": ev["stopped"],
-                         "video_ready": ev["video_ready"]}
-                yield gr.skip(), gr.skip(), summary(again), again
+                status = summary(again)
+            yield again["preview"], again["video"], status, again
+
+    def show_history(history, evt: gr.SelectData):
+        """Restore a whole run: its input, question, preset, seed, text, video and what was said."""
+        item = history[evt.index]
+        return (item["input"], item["question"], item["preset"], item["seed"], False, item["text"],
+                item.get("preview"), item["video"], caption(item), summary(item), item)
 
     def waiting(request: gr.Request):
+        """The timer's tick while a run is on the way: its place in Gradio's queue, in words."""
         position = queue_position(demo, request.session_hash)
-        return gr.skip() if position is None or position[0] == 0 else waiting_line(*position)
+        return "" if position is None or position[0] == 0 else waiting_line(*position)
 
     def check_upload(image):
         """Refuse a file that is not an image when it is uploaded, not only at Generate."""
         if image is None:
-            return gr.skip(), gr.skip()
+            return None, "Ready."
         try:
             notes = []
             load_image(image, notes)
         except InputError as exc:
             log.info("refused an upload: %s", exc)
             return None, refusal(str(exc))
-        return gr.skip(), "  \n".join(["Ready."] + [f"ℹ️ {note}" for note in notes])
+        return image, "  \n".join(["Ready."] + [f"ℹ️ {note}" for note in notes])
 
     @gpu
     def predict(image, prompt="", preset=default_preset):
@@ -282,16 +285,9 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         except InputError as exc:
             log.info("refused an API input: %s", exc)
             raise gr.Error(str(exc), print_exception=False) from None
-        record, preview = {}, None
-        for ev in stream(image, prompt, preset, "auto", random.randrange(2**31), threading.Event(), record):
-            if ev["type"] == "text_chunk":
-                yield record["text"], gr.skip(), gr.skip()
-            elif ev["type"] == "video_frame":
-                preview = decode_frame(ev)
-                yield gr.skip(), preview, gr.skip()
-            elif ev["type"] == "video_complete":
-                yield gr.skip(), gr.skip(), ev["video_url"]
-        yield record["text"], preview, record.get("video")  # the whole result once more, for job.result()
+        record = {}
+        for _ in stream(image, prompt, preset, "auto", random.randrange(2**31), threading.Event(), record):
+            yield record["text"], record["preview"], record["video"]
 
     with gr.Blocks(title="Foresight", delete_cache=(CACHE_TTL_S, CACHE_TTL_S)) as demo:
         gr.Markdown("# Foresight\nDrop an image. The model thinks out loud and shows what happens next.")
@@ -318,13 +314,14 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
                     gr.Markdown(about)
             with gr.Column(scale=2):
                 status = gr.Markdown("Ready.", elem_id="status")
+                queue_note = gr.Markdown("", elem_id="queue")
                 reasoning = gr.Textbox(label="Thinking", lines=8, max_lines=16, elem_id="reasoning",
                                        autoscroll=True)
-                with gr.Group():
-                    preview = gr.Image(label="What happens next", elem_id="preview", format="jpeg",
-                                       interactive=False, height=360, show_label=True)
+                with gr.Group(elem_id="output"):
+                    preview = gr.Image(label="What happens next", elem_id="preview", format="jpeg", type="filepath",
+                                       interactive=False, height=360)
                     video = gr.Video(label="What happens next", elem_id="video", autoplay=True, loop=True,
-                                     interactive=False, height=360, visible=False)
+                                     interactive=False, height=360)
                     shown = gr.Markdown("", elem_id="caption")
                 retry = gr.Button("Retry video", visible=False, elem_id="retry")
                 gallery = gr.Gallery(label="This session's runs", columns=8, height=150, object_fit="cover",
@@ -335,18 +332,17 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
 
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
         private = dict(api_visibility="private", show_progress="hidden")  # the status line says it in words
+        ended = dict(fn=finish, inputs=[record, history],
+                     outputs=[history, gallery, retry, generate, stop, timer, queue_note], **private)
         started = generate.click(begin, outputs=[reasoning, preview, video, shown, status, control, record, generate,
                                                  stop, retry, timer], queue=False, **private)
-        ran = started.then(run, inputs=[image, question, preset, mode, seed, randomize, control],
-                           outputs=[reasoning, preview, video, shown, status, record, timer], **gpu_queue, **private)
-        ran.then(finish, inputs=[record, history], outputs=[history, gallery, retry, generate, stop, timer], **private)
+        started.then(run, inputs=[image, question, preset, mode, seed, randomize, control],
+                     outputs=[reasoning, preview, video, shown, status, record], **gpu_queue, **private).then(**ended)
         stop.click(stop_run, inputs=[control], outputs=[status, stop], queue=False, **private)
         again = retry.click(begin_retry, outputs=[status, control, generate, stop, retry], queue=False, **private)
-        again = again.then(retry_video, inputs=[record, control], outputs=[preview, video, status, record],
-                           **gpu_queue, **private)
-        again.then(finish, inputs=[record, history], outputs=[history, gallery, retry, generate, stop, timer],
-                   **private)
-        timer.tick(waiting, outputs=[status], queue=False, **private)
+        again.then(retry_video, inputs=[record, control], outputs=[preview, video, status, record],
+                   **gpu_queue, **private).then(**ended)
+        timer.tick(waiting, outputs=[queue_note], queue=False, **private)
         image.upload(check_upload, inputs=[image], outputs=[image, status], queue=False, **private)
         randomize.change(lambda on: gr.update(interactive=not on), inputs=[randomize], outputs=[seed], **private)
         gallery.select(show_history, inputs=[history], outputs=[image, question, preset, seed, randomize, reasoning,

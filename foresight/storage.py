@@ -82,10 +82,11 @@ def sweep(folder: Path, max_age_s: float, max_bytes: int, keep: set[str] = froze
 
 
 def keep_swept(folder: Path, max_age_s: float, max_bytes: int, keep: Callable[[], set[str]]) -> threading.Thread:
-    """Sweep `folder` in a background thread every half `max_age_s` (at least every minute)."""
+    """Sweep `folder` in a background thread every half `max_age_s`, and at least every 10 s (at
+    GPU speed a run adds about a megabyte a second to Gradio's cache)."""
     def loop():
         while True:
-            time.sleep(min(60.0, max(1.0, max_age_s / 2)))
+            time.sleep(min(10.0, max(1.0, max_age_s / 2)))
             sweep(folder, max_age_s, max_bytes, keep())
 
     thread = threading.Thread(target=loop, daemon=True, name="foresight-cache-sweeper")

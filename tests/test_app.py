@@ -280,7 +280,8 @@ def test_a_second_user_is_told_how_many_runs_are_ahead(server):
         first.click("#generate")
         wait_status(first, "Rendering step")
         second.click("#generate")
-        wait_status(second, "Waiting: 1 run ahead", timeout=15_000)
+        second.wait_for_function("document.querySelector('#queue').innerText.includes('Waiting: 1 run ahead')",
+                                 timeout=15_000)
         first.click("#stop")
         wait_status(second, "Thinking", timeout=60_000)
         wait_idle(second)
@@ -358,6 +359,13 @@ def test_a_failed_video_keeps_the_text_and_retry_renders_it(models, pipe, tmp_pa
             page.wait_for_selector("#retry", state="hidden", timeout=30_000)
             assert page.input_value("#reasoning textarea") == text
             browser.close()
+        client = Client(f"http://127.0.0.1:{port}", verbose=False)
+        for _ in range(2):
+            client.predict(handle_file(EXAMPLE), "", "fast", api_name="/predict")
+        sessions = list(demo.state_holder.session_data.values())
+        assert len(sessions) == 2, "the page's session and the API client's"
+        assert all(set(session.blocks_config.blocks) <= set(demo.blocks) for session in sessions), \
+            "no component made for an update outlives its run (Gradio keeps them per session)"
     finally:
         handle.remove()
         demo.close()

@@ -18,7 +18,7 @@ import torch
 from foresight.bridge import Bridge, BridgeConfig
 from foresight.config import Settings, base_models
 from foresight.models import Models, needs_text_encoder, prepare_video_pipeline, torch_dtype
-from foresight.profiles import tiny
+from foresight.profiles.tiny import IDS, QWEN_GENERATION, ensure_tiny_models
 
 # Qwen2.5-VL-7B-Instruct's config.json
 QWEN_7B_TEXT = dict(
@@ -77,7 +77,7 @@ def build_vlm(tokenizer, device: str, dtype: torch.dtype):
         vlm = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
     ends = [token_id("<|im_end|>"), token_id("<|endoftext|>")]
     vlm.generation_config = GenerationConfig(  # the real checkpoint's, and no token the tokenizer cannot show
-        bos_token_id=ends[1], pad_token_id=ends[1], eos_token_id=ends, **tiny.QWEN_GENERATION,
+        bos_token_id=ends[1], pad_token_id=ends[1], eos_token_id=ends, **QWEN_GENERATION,
         suppress_tokens=ends + list(range(len(tokenizer), QWEN_7B_TEXT["vocab_size"])))
     return vlm
 
@@ -109,8 +109,8 @@ def build_models(settings: Settings, log: Callable[[str], None] = print, load_te
     """Every model at full size with random weights (the bridge too), on the settings' device."""
     from transformers import AutoImageProcessor, AutoProcessor, Dinov2Config, Dinov2Model
 
-    folder, _ = tiny.ensure_tiny_models()
-    ids = tiny.IDS  # the small files live under the tiny profile's (default) ids, whatever ids are configured
+    folder, _ = ensure_tiny_models()
+    ids = IDS  # the small files live under the tiny profile's (default) ids, whatever ids are configured
     device, dtype = settings.device, torch_dtype(settings)
     log("[foresight] random-full: building the full-size architectures with random weights")
     vlm_processor = AutoProcessor.from_pretrained(folder / ids.vlm)
