@@ -127,6 +127,32 @@ def test_a_checkpoint_for_other_base_models_is_refused(models, trained, tmp_path
     assert "trained on 'someone/other-vlm'" in capsys.readouterr().err
 
 
+def test_predict_runs_fused_mode_with_a_chosen_bridge_and_refuses_one_for_other_models(trained, tmp_path):
+    out, _ = trained
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+    def predict(weights):
+        return subprocess.run([sys.executable, "-m", "foresight", "predict", str(ROOT / "examples" / "cat.jpg"),
+                               "--profile", "tiny", "--preset", "fast", "--mode", "fused", "--weights", str(weights),
+                               "--out", str(tmp_path / "out"), "--events", str(tmp_path / "events.jsonl")],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+    result = predict(out)
+    assert result.returncode == 0, result.stderr
+    start = json.loads((tmp_path / "events.jsonl").read_text().splitlines()[0])
+    assert start["mode"] == "fused" and not start["note"]
+    assert "bridge: fused weights squares loaded" in result.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    config = json.loads((out / "config.json").read_text())
+    config["base_models"]["video"] = "someone/other-video-model"
+    (other / "config.json").write_text(json.dumps(config))
+    (other / "bridge.safetensors").write_bytes((out / "bridge.safetensors").read_bytes())
+    refused = predict(other)
+    assert refused.returncode == 2 and "trained on 'someone/other-video-model'" in refused.stderr
+    assert "loading VLM" not in refused.stderr, "refused before any model loads"
+
+
 def test_video_objective_trains_through_the_frozen_transformer(models, clip_set, tmp_path):
     features = FeatureSet.build(models, clip_set, "video", preset="fast", num_tokens=8, folder=tmp_path / "f",
                                 log=lambda m: None)
@@ -142,7 +168,7 @@ def test_video_objective_trains_through_the_frozen_transformer(models, clip_set,
 
 
 def test_train_and_eval_from_the_command_line(image_set, trained, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     train = subprocess.run(
         [sys.executable, "-m", "foresight", "train", "--data", str(image_set), "--captions",
          str(image_set / "captions.jsonl"), "--profile", "tiny", "--out", str(tmp_path / "cli"), "--steps", "4",
