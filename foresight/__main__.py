@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--max-new-tokens", type=int, default=None, help="tokens per run (default: the profile's)")
     bench.add_argument("--trace", default=None, metavar="DIR",
                        help="write one run's timeline per preset, mode and variant (PNG and JSON spans) here")
+    bench.add_argument("--profile-first-token", default=None, metavar="FILE",
+                       help="after the variants, profile Qwen's processor and generate up to the first token "
+                            "(cProfile and torch.profiler tables) and write them here")
     bench.add_argument("--app", default=None, metavar="URL",
                        help="time a running app (python app.py, a Space, a share link) as its client sees it, "
                             "instead of the pipeline in this process")

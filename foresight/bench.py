@@ -59,6 +59,47 @@ def text_alone(pipe, image, preset: str) -> float:
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
 
 
+def profile_first_token(models, image, path: Path) -> Path:
+    """Where the time to the first token goes: Qwen's processor and `generate` up to its first
+    token, run in this thread under cProfile (Python functions) and torch.profiler (ops and, on
+    a GPU, kernels). Written as text tables."""
+    import cProfile
+    import io
+    import pstats
+    import threading
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from foresight import vlm as vlm_stage
+    from foresight.inputs import load_image
+
+    def first_token():
+        inputs = vlm_stage.build_inputs(models, load_image(image), "")
+        vlm_stage.stream_reasoning(models, inputs, lambda text: None, threading.Event(), max_new_tokens=1)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    first_token()  # warm
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    python = cProfile.Profile()
+    started = time.perf_counter()
+    with profile(activities=activities) as ops:
+        python.enable()
+        first_token()
+        python.disable()
+    seconds = time.perf_counter() - started
+    stats = io.StringIO()
+    pstats.Stats(python, stream=stats).sort_stats("cumulative").print_stats(45)
+    averages = ops.key_averages()
+    tables = [f"time to the first token, profiled: {seconds:.3f} s", stats.getvalue(),
+              averages.table(sort_by="cpu_time_total", row_limit=40)]
+    if torch.cuda.is_available():
+        tables.append(averages.table(sort_by="cuda_time_total", row_limit=40))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(tables))
+    return path
+
+
 def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EXAMPLE,
           trace_dir: str | Path | None = None, label: str = "") -> dict:
     """{"preset/mode": summary} for one pipeline; one uncounted run per preset and mode first."""
@@ -259,6 +300,10 @@ def bench_command(models, args, log) -> int:
 
     results = bench_variants(models, presets, args.runs, settings_list, modes, log=log, on_variant=save,
                              trace_dir=args.trace)
+    if args.profile_first_token:
+        written = profile_first_token(replace(models, settings=replace(settings, decode="dynamic")), EXAMPLE,
+                                      Path(args.profile_first_token))
+        log(f"[bench] where the time to the first token goes: {written}")
     print(title)
     print(format_table(results))
     return 0

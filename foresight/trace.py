@@ -18,8 +18,6 @@ from pathlib import Path
 
 import torch
 
-TRACKS = ("text", "video", "host")
-
 
 @dataclass
 class Mark:
@@ -102,10 +100,11 @@ def write_timeline(path: str | Path, spans: list[dict], token_times: list[float]
         if width > 0.02 * max(1e-3, max(s["end"] for s in spans)):
             ax.text(span["start"] + width / 2, y, span["name"], ha="center", va="center", fontsize=6, clip_on=True)
     ax.vlines(token_times, rows["text"] + 0.3, rows["text"] + 0.45, color="black", linewidth=0.6)
-    for label, t in (events or {}).items():
-        if t is not None:
+    for number, (label, t) in enumerate((events or {}).items()):
+        if t is not None:  # labels at three heights, so that close moments stay readable
             ax.axvline(t, color="crimson", linestyle="--", linewidth=0.8)
-            ax.text(t, 2.55, f"{label} {t:.2f}s", rotation=0, fontsize=7, color="crimson", ha="left", va="bottom")
+            ax.text(t, 2.62 - 0.1 * (number % 3), f" {label} {t:.2f}s", fontsize=7, color="crimson", ha="left",
+                    va="bottom")
     ax.set_yticks(list(rows.values()), [f"{track}" for track in rows])
     ax.set_ylim(-0.5, 2.8)
     ax.set_xlabel("seconds since the image was submitted (ticks: text tokens)")

@@ -11,15 +11,18 @@
 #     importlib_metadata regex
 # Try it here first:   PROFILE=tiny OUT=/tmp/device-out RUNS=1 WHEELS=0 bash scripts/device_bench.sh
 # There, in two calls that fit the per-call limit:
-#   run(command="STEPS=matrix bash scripts/device_bench.sh", carry=[".whl"], timeout_s=570)
-#   run(command="STEPS='presets tests' VARIANT=... bash scripts/device_bench.sh", carry=[".whl"], timeout_s=420)
+#   run(command="STEPS='matrix presets' bash scripts/device_bench.sh", carry=[".whl"], timeout_s=570)
+#   run(command="STEPS=tests bash scripts/device_bench.sh", carry=[".whl"], timeout_s=300)
+# (On 2026-11-27 five matrix variants alone took 446 s: keep the matrix short.)
 #
 # Steps (each writes as it goes, so a run cut short keeps what it measured):
 #   matrix:  the default preset, fused and text mode, in the variants of MATRIX (decode/schedule/
-#            text pace/preview cadence[/compiled]); compiled last, as compiling changes the models for good
+#            text pace/preview cadence[/compiled]); compiled last, as compiling changes the models for good;
+#            then Qwen's processor and generate up to the first token under cProfile and torch.profiler
+#            (profile.txt: where the 0.3 s before the first token goes)
 #   presets: fast and high, both modes, in VARIANT (the defaults, unless set)
 #   tests:   the suite without the browser tests, on CUDA, in the tiny profile
-# Output (at most 8 files come back): summary.md, matrix.json, presets.json, *.log, traces.tar.gz.
+# Output (at most 8 files come back): summary.md, matrix.json, presets.json, profile.txt, *.log, traces.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-random-full}
@@ -27,7 +30,7 @@ OUT=${OUT:-device-out}
 RUNS=${RUNS:-3}
 TOKENS=${TOKENS:-128}  # enough to span the video and then some
 STEPS=${STEPS:-matrix presets tests}
-MATRIX=${MATRIX:-static/shared/0/1 static/shared/45/1 static/streams/45/1 static/shared/45/2 static/shared/45/1/compiled}
+MATRIX=${MATRIX:-static/streams/45/2 static/streams/45/2/compiled}
 VARIANT=${VARIANT:-}
 mkdir -p "$OUT/traces"
 if [ "${WHEELS:-1}" = 1 ] && ls .whl/*.whl >/dev/null 2>&1; then
@@ -51,12 +54,14 @@ step() {  # name, command...: run one step if STEPS names it; keep going if it f
 }
 variants=(); for v in $MATRIX; do variants+=(--variant "$v"); done
 step matrix python3 -m foresight bench --profile "$PROFILE" --preset default --mode fused,text "${variants[@]}" \
-  --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/matrix.json" --trace "$OUT/traces"
+  --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/matrix.json" --trace "$OUT/traces" \
+  --profile-first-token "$OUT/profile.txt"
 preset_variant=(); [ -n "$VARIANT" ] && preset_variant=(--variant "$VARIANT")
 step presets python3 -m foresight bench --profile "$PROFILE" --preset fast --preset high --mode fused,text \
   "${preset_variant[@]}" --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/presets.json" --trace "$OUT/traces"
 step tests python3 -m pytest -q -x -p no:cacheprovider tests --ignore=tests/test_app.py
-tar -czf "$OUT/traces.tar.gz" -C "$OUT" traces && rm -r "$OUT/traces"
+if [ -n "$(ls "$OUT/traces")" ]; then tar -czf "$OUT/traces.tar.gz" -C "$OUT" traces; fi
+rm -r "$OUT/traces"
 echo "== done $(date -u +%T)" >> "$OUT/summary.md"
 cat "$OUT/summary.md"
 [ -f "$OUT/tests.log" ] && tail -n 5 "$OUT/tests.log"

@@ -49,7 +49,8 @@ def test_predict_refuses_a_bad_image_in_one_line(tmp_path):
 
 def test_bench_prints_the_table_for_each_variant_and_draws_timelines(tmp_path):
     result = run_cli("bench", "--profile", "tiny", "--preset", "fast", "--runs", "1", "--decode", "dynamic,static",
-                     "--mode", "fused,text", "--json", str(tmp_path / "bench.json"), "--trace", str(tmp_path / "t"))
+                     "--mode", "fused,text", "--json", str(tmp_path / "bench.json"), "--trace", str(tmp_path / "t"),
+                     "--profile-first-token", str(tmp_path / "profile.txt"))
     assert result.returncode == 0, result.stderr
     rows = [line.split(" | ")[:2] for line in result.stdout.splitlines() if line.startswith("| fast/")]
     assert rows == [["| fast/fused", "dynamic/shared/pace 0/previews 1"], ["| fast/fused", "static/shared/pace 0/previews 1"],
@@ -57,6 +58,8 @@ def test_bench_prints_the_table_for_each_variant_and_draws_timelines(tmp_path):
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["profile"] == "tiny" and saved["results"]["static/shared/pace 0/previews 1"]["fast/text"]["ttft"]["n"] == 1
     assert len(list((tmp_path / "t").glob("fast-*.png"))) == 4 and len(list((tmp_path / "t").glob("fast-*.json"))) == 4
+    profile = (tmp_path / "profile.txt").read_text()
+    assert profile.startswith("time to the first token") and "stream_reasoning" in profile
 
 
 def test_bench_refuses_an_unknown_decode():
