@@ -62,8 +62,8 @@ class VideoJob:
     """One rendering: LTX's condition image fitted to `preset`, and what conditions the video."""
 
     preset: Preset
-    image: object  # PIL image fitted to the preset: the clip's first frame
-    upload: object  # PIL image as loaded: what DINOv2 and Qwen see
+    condition_image: object  # PIL image fitted to the preset: the clip's first frame
+    image: object  # PIL image as loaded: what DINOv2 and Qwen see
     question: str = ""
     prompt: str | None = None  # text mode: the prediction line
     states: vlm_stage.PrefillCapture | None = None  # fused mode: the prefill's states (None: compute them)
@@ -108,6 +108,11 @@ class Run:
         data = jpeg_base64(rgb)
         self.seconds["jpeg"] += time.perf_counter() - start
         return data
+
+
+def prediction_from(text: str) -> str:
+    """What `text` mode conditions the video on: the first line ('Next: …'), else the text so far."""
+    return (vlm_stage.prediction_line(text + "\n") or text.strip())[:PREDICTION_MAX_CHARS] or FALLBACK_PREDICTION
 
 
 class ForesightPipeline:
@@ -216,7 +221,7 @@ class ForesightPipeline:
             return VideoJob(PRESETS[preset], condition_image, image, prompt, **conditioning)
 
         def text_job(line: str) -> VideoJob:
-            return video_job(prompt=line or FALLBACK_PREDICTION)
+            return video_job(prompt=line)
 
         try:
             if reasoning is None:  # 1. the prefill, then 2. the text streams
@@ -224,8 +229,7 @@ class ForesightPipeline:
             else:  # a video-only retry: the text exists already
                 text = reasoning
                 if video:
-                    prediction = (vlm_stage.prediction_line(reasoning + "\n") or reasoning.strip()[:PREDICTION_MAX_CHARS]) \
-                        if mode == "text" else None
+                    prediction = prediction_from(reasoning) if mode == "text" else None
                     start_video(text_job(prediction) if mode == "text" else video_job())
             finished = 0
             while finished < len(jobs):
@@ -235,7 +239,7 @@ class ForesightPipeline:
                     finished += 1
                     if data["worker"] == "text" and mode == "text" and video and rendering is None \
                             and not run.stop.is_set():  # the text ended before a line did: use what there is
-                        prediction = text.strip()[:PREDICTION_MAX_CHARS] or FALLBACK_PREDICTION
+                        prediction = prediction_from(text)
                         start_video(text_job(prediction))
                 elif kind == "first_token":
                     if data["capture"] is not None:  # fused: the prefill's states exist, the video can start
@@ -245,9 +249,9 @@ class ForesightPipeline:
                     first["ttft"] = first["ttft"] or round(data["t"], 4)
                     yield event("text_chunk", data["t"], content=data["chunk"])
                     if mode == "text" and video and rendering is None:  # text: the video waits for the prediction
-                        line = vlm_stage.prediction_line(text)
-                        if line is not None or len(run.token_times) >= settings.prediction_max_tokens:
-                            prediction = line or text.strip()[:PREDICTION_MAX_CHARS]
+                        if vlm_stage.prediction_line(text) is not None \
+                                or len(run.token_times) >= settings.prediction_max_tokens:
+                            prediction = prediction_from(text)
                             start_video(text_job(prediction))
                 elif kind == "text_failed":
                     yield event("error", run.now(), stage="text", recoverable=True,
@@ -273,7 +277,7 @@ class ForesightPipeline:
                                     message=f"Out of GPU memory at the {rendering.preset.name} preset; "
                                             f"retrying at {smaller}.")
                         start_video(replace(rendering, preset=PRESETS[smaller],
-                                            image=video_view(image, PRESETS[smaller])))
+                                            condition_image=video_view(image, PRESETS[smaller])))
                 elif kind == "video_failed":
                     run.pacer.release()
                     yield event("error", run.now(), stage="video", recoverable=True,
@@ -328,7 +332,8 @@ class ForesightPipeline:
         try:
             if run.stop.is_set():  # stopped while queued behind another run
                 return
-            mp4 = self._copier.submit(Mp4Writer, mp4_path, job.image.width, job.image.height, preset.fps)
+            mp4 = self._copier.submit(Mp4Writer, mp4_path, job.condition_image.width, job.condition_image.height,
+                                      preset.fps)
             if job.prompt is not None:
                 with trace.span("video", "T5"):
                     embeds, mask = video_stage.text_conditioning(models, job.prompt)
@@ -337,17 +342,17 @@ class ForesightPipeline:
                     states = job.states.states_here()
                 else:  # a video-only retry: one forward pass over the prompt
                     with trace.span("video", "VLM states"):
-                        states = vlm_stage.prefill_states(models, vlm_stage.build_inputs(models, job.upload,
+                        states = vlm_stage.prefill_states(models, vlm_stage.build_inputs(models, job.image,
                                                                                          job.question))
                 with trace.span("video", "DINOv2 + bridge"):
-                    embeds, mask = video_stage.fused_conditioning(models, job.upload, states)
+                    embeds, mask = video_stage.fused_conditioning(models, job.image, states)
             num_steps = models.settings.sampling.num_steps
 
             def on_preview(step: int, rgb: torch.Tensor) -> None:
                 ready = self._host.ready_marker()  # the decode is queued; the copy waits for it elsewhere
                 previews.append(self._copier.submit(self._post_preview, run, rgb, ready, step, num_steps, preset))
 
-            frames = video_stage.render(models, job.image, preset.num_frames, preset.fps, seed, embeds, mask,
+            frames = video_stage.render(models, job.condition_image, preset.num_frames, preset.fps, seed, embeds, mask,
                                         run.stop, on_preview=on_preview, trace=trace)
             for preview in previews:
                 preview.result()

@@ -207,7 +207,7 @@ def test_text_mode_hands_the_prediction_line_to_t5(models, pipe, photo, tmp_path
     assert retry[-1]["prediction"] == "the red square slides to the right."
     assert torch.equal(seen[0], tokens_of(models, "the red square slides to the right."))
     prediction = live[-1]["prediction"]
-    expected = vlm_stage.prediction_line(live[-1]["text"]) or live[-1]["text"].strip()[:200]
+    expected = (vlm_stage.prediction_line(live[-1]["text"] + "\n") or live[-1]["text"].strip())[:200]
     assert prediction and prediction == expected
     assert torch.equal(seen[1], tokens_of(models, prediction))
     assert not torch.equal(seen[1], tokens_of(models, ""))
