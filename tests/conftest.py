@@ -43,6 +43,18 @@ def run_events(pipe, image, **kwargs):
     return list(pipe(image, **kwargs))
 
 
+def stop_at_first_preview(pipe, image, **kwargs):
+    """The events of a run whose Stop is pressed as its first video frame arrives."""
+    import threading
+
+    stop, events = threading.Event(), []
+    for ev in pipe(image, preset="fast", seed=1, stop=stop, **kwargs):
+        events.append(ev)
+        if ev["type"] == "video_frame":
+            stop.set()
+    return events
+
+
 def with_settings(models, **changes):
     """The same loaded models under other settings (a new pipeline reads them)."""
     return dataclasses.replace(models, settings=dataclasses.replace(models.settings, **changes))

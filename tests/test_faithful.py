@@ -7,7 +7,6 @@ formula, a tiny checkpoint that stops resembling the real one.
 
 import hashlib
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -361,14 +360,3 @@ def test_the_private_diffusers_helpers_we_use_still_behave(models, photo, tmp_pa
     start = events[0]
     shape = video_stage.latent_shape(pipeline, start["num_frames"], start["height"], start["width"])
     assert torch.equal(calls[0]["video_coords"], video_stage.transformer_coords(pipeline, 1, shape, start["fps"]))
-
-
-def test_stop_during_pacing_ends_the_run_at_once(models, photo, tmp_path):
-    slow = ForesightPipeline(with_settings(models, text_pace=2.0))  # 2 tokens a second while the video renders
-    stop = threading.Event()
-    events = []
-    for ev in slow(photo, preset="fast", seed=1, out_dir=tmp_path, stop=stop):
-        events.append(ev)
-        if ev["type"] == "video_frame":
-            stop.set()
-    assert events[-1]["stopped"] and events[-1]["t"] < 5

@@ -13,7 +13,7 @@ import torch
 from foresight.events import decode_frame
 from foresight.pipeline import ForesightPipeline
 
-from conftest import frames_of, run_events, with_settings
+from conftest import frames_of, run_events, stop_at_first_preview
 
 
 def types(events):
@@ -162,12 +162,7 @@ def test_out_of_memory_at_the_smallest_preset_is_a_video_error(models, pipe, pho
 
 
 def test_stop_ends_the_run_without_a_video(pipe, photo, tmp_path):
-    stop = threading.Event()
-    events = []
-    for ev in pipe(photo, preset="fast", seed=1, out_dir=tmp_path, stop=stop):
-        events.append(ev)
-        if ev["type"] == "video_frame":
-            stop.set()
+    events = stop_at_first_preview(pipe, photo, out_dir=tmp_path)
     assert events[-1]["type"] == "thinking_complete" and events[-1]["stopped"] is True
     assert "video_complete" not in types(events)
     previews = [ev for ev in events if ev["type"] == "video_frame"]

@@ -11,7 +11,7 @@ from foresight.pipeline import ForesightPipeline
 from foresight.scheduling import Pacer
 from foresight.vlm import TokenStreamer
 
-from conftest import frames_of, run_events, with_settings
+from conftest import frames_of, run_events, stop_at_first_preview, with_settings
 
 
 class SpellingTokenizer:
@@ -72,6 +72,12 @@ def test_paced_text_reads_slower_while_the_video_renders_and_says_the_same(model
     assert len(after) == 0 or np.median(after) < 1 / 40 * 0.8, "full speed once the video is done"
     assert end["text"] == free[-1]["text"]
     assert all(np.array_equal(a, b) for a, b in zip(frames_of(paced), frames_of(free)))
+
+
+def test_stop_during_pacing_ends_the_run_at_once(models, photo, tmp_path):
+    slow = ForesightPipeline(with_settings(models, text_pace=2.0))  # 2 tokens a second while the video renders
+    events = stop_at_first_preview(slow, photo, out_dir=tmp_path)
+    assert events[-1]["stopped"] and events[-1]["t"] < 5
 
 
 def test_every_timing_setting_makes_the_same_text_and_frames(models, photo, tmp_path):
