@@ -28,6 +28,7 @@ from PIL import UnidentifiedImageError  # noqa: E402
 from foresight import storage  # noqa: E402
 from foresight.config import PRESETS  # noqa: E402
 from foresight.inputs import MAX_QUESTION_CHARS, InputError, load_image  # noqa: E402
+from foresight.serving import PROFILES  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 OUTPUT_DIR = Path(os.environ.get("FORESIGHT_OUTPUTS", Path(tempfile.gettempdir()) / "foresight-outputs"))
@@ -360,7 +361,7 @@ def kept_files(demo: gr.Blocks) -> set[str]:
 def parse_args(argv=None):
     env = os.environ.get
     parser = argparse.ArgumentParser(description="Foresight web app")
-    parser.add_argument("--profile", choices=["tiny", "full", "random-full"], default=env("FORESIGHT_PROFILE"),
+    parser.add_argument("--profile", choices=PROFILES, default=env("FORESIGHT_PROFILE"),
                         help="default: full on a CUDA GPU, tiny elsewhere")
     parser.add_argument("--host", default=env("FORESIGHT_HOST", env("GRADIO_SERVER_NAME", "127.0.0.1")))
     parser.add_argument("--port", type=int, default=int(env("FORESIGHT_PORT", env("GRADIO_SERVER_PORT", 7860))))

@@ -137,16 +137,16 @@ def variants(settings, decodes, schedules, paces, previews, compiles=(False,)) -
     for compiled, schedule, decode, pace, every in itertools.product(compiles, schedules, decodes, paces, previews):
         changed = replace(settings, decode=decode, schedule=schedule, text_pace=pace, preview_every=every,
                           compile_video=compiled)
-        out.append((f"{decode}/{schedule}/pace {pace:g}/previews {every}" + ("/compiled" if compiled else ""),
+        out.append((f"{decode} · {schedule} · pace {pace:g} · previews {every}" + (" · compiled" if compiled else ""),
                     changed))
     return out
 
 
 def parse_variant(text: str, settings):
-    """(label, settings) from `decode/schedule/pace/previews[/compiled]`, e.g. `static/shared/45/1`."""
-    parts = text.split("/")
+    """(label, settings) from `decode:schedule:pace:previews[:compiled]`, e.g. `static:streams:45:2`."""
+    parts = text.split(":")
     if len(parts) not in (4, 5) or (len(parts) == 5 and parts[4] != "compiled"):
-        raise ValueError(f"variant {text!r}: use decode/schedule/pace/previews[/compiled], e.g. static/shared/45/1")
+        raise ValueError(f"variant {text!r}: use decode:schedule:pace:previews[:compiled], e.g. static:streams:45:2")
     decode, schedule, pace, every = parts[0], parts[1], float(parts[2]), int(parts[3])
     return variants(settings, [decode], [schedule], [pace], [every], [len(parts) == 5])[0]
 

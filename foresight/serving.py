@@ -9,7 +9,9 @@ from typing import Callable
 
 from foresight.config import PRESETS, on_zero_gpu
 from foresight.pipeline import ForesightPipeline
-from foresight.profiles import load, make_settings
+from foresight.profiles import PROFILES, load, make_settings
+
+__all__ = ["PROFILES", "about", "start"]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

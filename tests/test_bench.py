@@ -26,8 +26,8 @@ def test_bench_compares_variants_on_the_same_models(models, photo, tmp_path):
     settings_list = variants(models.settings, ["dynamic", "static"], ["shared", "streams"], [0.0], [1])
     results = bench_variants(models, ["fast"], runs=1, settings_list=settings_list, modes=["fused", "text"],
                              image=photo, trace_dir=tmp_path)
-    assert list(results) == ["dynamic/shared/pace 0/previews 1", "static/shared/pace 0/previews 1",
-                             "dynamic/streams/pace 0/previews 1", "static/streams/pace 0/previews 1"]
+    assert list(results) == ["dynamic · shared · pace 0 · previews 1", "static · shared · pace 0 · previews 1",
+                             "dynamic · streams · pace 0 · previews 1", "static · streams · pace 0 · previews 1"]
     assert all(by_row[row]["video_ready"]["n"] == 1 for by_row in results.values() for row in ("fast/fused",
                                                                                              "fast/text"))
     assert models.settings == before  # left as they were

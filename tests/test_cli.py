@@ -53,10 +53,10 @@ def test_bench_prints_the_table_for_each_variant_and_draws_timelines(tmp_path):
                      "--profile-first-token", str(tmp_path / "profile.txt"))
     assert result.returncode == 0, result.stderr
     rows = [line.split(" | ")[:2] for line in result.stdout.splitlines() if line.startswith("| fast/")]
-    assert rows == [["| fast/fused", "dynamic/shared/pace 0/previews 1"], ["| fast/fused", "static/shared/pace 0/previews 1"],
-                    ["| fast/text", "dynamic/shared/pace 0/previews 1"], ["| fast/text", "static/shared/pace 0/previews 1"]]
+    assert rows == [["| fast/fused", "dynamic · shared · pace 0 · previews 1"], ["| fast/fused", "static · shared · pace 0 · previews 1"],
+                    ["| fast/text", "dynamic · shared · pace 0 · previews 1"], ["| fast/text", "static · shared · pace 0 · previews 1"]]
     saved = json.loads((tmp_path / "bench.json").read_text())
-    assert saved["profile"] == "tiny" and saved["results"]["static/shared/pace 0/previews 1"]["fast/text"]["ttft"]["n"] == 1
+    assert saved["profile"] == "tiny" and saved["results"]["static · shared · pace 0 · previews 1"]["fast/text"]["ttft"]["n"] == 1
     assert len(list((tmp_path / "t").glob("fast-*.png"))) == 4 and len(list((tmp_path / "t").glob("fast-*.json"))) == 4
     profile = (tmp_path / "profile.txt").read_text()
     assert profile.startswith("time to the first token") and "stream_reasoning" in profile
