@@ -28,7 +28,7 @@ from PIL import UnidentifiedImageError  # noqa: E402
 from foresight import storage  # noqa: E402
 from foresight.config import PRESETS  # noqa: E402
 from foresight.inputs import MAX_QUESTION_CHARS, InputError, load_image  # noqa: E402
-from foresight.serving import PROFILES  # noqa: E402
+from foresight.serving import PROFILES, start  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 OUTPUT_DIR = Path(os.environ.get("FORESIGHT_OUTPUTS", Path(tempfile.gettempdir()) / "foresight-outputs"))
@@ -381,8 +381,6 @@ def main(argv=None) -> None:
     handler.setFormatter(logging.Formatter("[foresight] %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    from foresight.serving import start
-
     pipe, about = start(args.profile, text_mode=not args.no_text_mode, weights=args.weights,
                         log=lambda message: print(message, flush=True))
     demo = build_demo(pipe, default_preset=args.preset, about=about)

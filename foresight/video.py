@@ -170,13 +170,12 @@ def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
     if sampling.guidance_scale > 1:
         conditioning.update(negative_conditioning(models, prompt_embeds, prompt_attention_mask))
     call_start = trace.mark()
-    marks = {"step": call_start}
+    marks = {}  # where the current step began, and where the final decode begins
 
-    def on_forward(module, args):  # a step begins: the image's encoding is done before the first
+    def on_forward(module, args):  # a step begins; before the first, the condition image was encoded
+        if "step" not in marks:
+            trace.add("video", "encode image", call_start, trace.mark())
         marks["step"] = trace.mark()
-        if "encoded" not in marks:
-            marks["encoded"] = marks["step"]
-            trace.add("video", "encode image", call_start, marks["step"])
 
     def on_step_end(pipe, step, timestep, callback_kwargs):
         trace.add("video", f"step {step}", marks["step"], trace.mark())
