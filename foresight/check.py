@@ -23,6 +23,7 @@ from foresight.config import PRESETS
 from foresight.events import decode_frame
 from foresight.inputs import load_image, video_view
 from foresight.pipeline import ForesightPipeline
+from foresight.video import preview_steps
 from foresight.vlm import prediction_line
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cat.jpg"
@@ -84,8 +85,9 @@ def run_checks(models, image=EXAMPLE, log: Callable[[str], None] = print) -> lis
         check("mp4 decodes to the preset's frames", "none" if mp4_frames is None else
               f"{mp4_frames.shape[0]} frames {mp4_frames.shape[2]}×{mp4_frames.shape[1]}",
               mp4_frames is not None and mp4_frames.shape[0] == PRESETS["fast"].num_frames),
-        check("previews, one per step", f"{len(previews)} of {models.settings.sampling.num_steps}",
-              len(previews) == models.settings.sampling.num_steps or models.settings.preview_every != 1),
+        check("previews at the cadence's steps", f"steps {[ev['step'] for ev in previews]}",
+              [ev["step"] for ev in previews] == preview_steps(models.settings.sampling.num_steps,
+                                                                models.settings.preview_every)),
     ]
     line = prediction_line(end.get("text", "") + "\n") or ""
     has_next = end.get("text", "").lstrip("#*_ ").lower().startswith("next")

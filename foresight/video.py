@@ -141,6 +141,11 @@ def decode_estimate(pipeline, x0: torch.Tensor, shape: tuple[int, int, int], dec
     return to_uint8((pixels.float() + 1) / 2).permute(1, 2, 0)
 
 
+def preview_steps(num_steps: int, every: int) -> list[int]:
+    """The steps a preview follows: every `every`-th (none when 0), and the last."""
+    return [step for step in range(num_steps) if every and (step % every == 0 or step == num_steps - 1)]
+
+
 def to_uint8(unit: torch.Tensor) -> torch.Tensor:
     """[0, 1] floats to uint8, on whatever device they are."""
     return (unit.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -164,7 +169,7 @@ def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
     width, height = image.size
     shape = latent_shape(pipeline, num_frames, height, width)
     estimate = DenoisingEstimate(pipeline, sampling.guidance_scale)
-    every, last = settings.preview_every, sampling.num_steps - 1
+    previewed = set(preview_steps(sampling.num_steps, settings.preview_every))
     prompt_embeds = prompt_embeds.to(pipeline.transformer.dtype)
     conditioning = dict(prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_attention_mask)
     if sampling.guidance_scale > 1:
@@ -181,7 +186,7 @@ def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
         trace.add("video", f"step {step}", marks["step"], trace.mark())
         if stop.is_set():
             raise Stopped()
-        if every and (step % every == 0 or step == last):
+        if step in previewed:
             with trace.span("video", f"preview {step}"):
                 on_preview(step, decode_estimate(pipeline, estimate.x0, shape, sampling.decode_timestep,
                                                  whole=settings.preview_decode == "whole"))

@@ -71,7 +71,8 @@ def test_check_runs_every_step_and_says_what_random_weights_cannot_show(tmp_path
     result = run_cli("check", "--profile", "tiny", "--json", str(tmp_path / "check.json"))
     assert result.returncode == 0, result.stdout + result.stderr
     report = {row["name"]: row for row in json.loads((tmp_path / "check.json").read_text())}
-    for name in ("a run without errors", "text streams", "mp4 decodes to the preset's frames", "previews, one per step"):
+    for name in ("a run without errors", "text streams", "mp4 decodes to the preset's frames",
+                 "previews at the cadence's steps"):
         assert report[name]["status"] == "pass", report[name]
     for name in ("a prediction line ('Next: …')", "first frame close to the input", "frames change over time",
                  "last preview close to the final frame"):
