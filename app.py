@@ -149,7 +149,7 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         which its history and a retry use too."""
         folder = storage.run_folder(OUTPUT_DIR, uuid.uuid4().hex[:12])
         upload = storage.keep_upload(image_path, folder)
-        record.update(folder=str(folder), upload=str(upload), name=storage.video_name(image_path, seed),
+        record.update(folder=str(folder), upload=upload and str(upload), name=storage.video_name(image_path, seed),
                       question=question or "", preset=preset, seed=seed, text="", notes=[], preview=None, video=None)
         events = pipe(upload, prompt=question or "", preset=preset, mode=None if mode == "auto" else mode,
                       seed=seed, out_dir=folder, stop=stop, video_name=record["name"])
@@ -176,7 +176,9 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
                 record.update(video=ev["video_url"], video_error=None)
             elif ev["type"] == "error" and ev["stage"] == "video" and not ev.get("retry_preset"):
                 record["video_error"] = ev["message"]
-            elif ev["type"] == "error" and ev["stage"] != "input":
+            elif ev["type"] == "error" and ev["stage"] == "input":  # refused before any model work
+                record["error"] = ev["message"]
+            elif ev["type"] == "error":
                 record["notes"].append(ev["message"])
             elif ev["type"] == "thinking_complete":
                 record.update({k: ev[k] for k in ("stopped", "prediction", "ttft", "first_frame", "video_ready")})
@@ -193,16 +195,12 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         """One run for the page: text, preview then video in one place, status in words."""
         stop = (control or {}).get("stop") or threading.Event()
         seed = random.randrange(2**31) if randomize else int(seed or 0)
-        record = {}
-        try:
-            load_image(image)
-        except InputError as exc:
-            log.info("refused an input: %s", exc)
-            yield "", None, None, "", refusal(str(exc)), record
-            return
-        status = "Thinking…"
+        record, status = {}, "Thinking…"
         for ev in stream(image, question, preset, mode, seed, stop, record):
-            if ev["type"] == "thinking_start":
+            if record.get("error"):
+                log.info("refused an input: %s", record["error"])
+                status = refusal(record["error"])
+            elif ev["type"] == "thinking_start":
                 status = f"Thinking… · {record['size']}"
             elif ev["type"] == "video_frame":
                 status = "Stopping…" if stop.is_set() else f"Rendering step {ev['step'] + 1}/{ev['num_steps']}"
@@ -281,13 +279,11 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
     @gpu
     def predict(image, prompt="", preset=default_preset):
         """API: think about the image and render what happens next; streams (text, preview, video)."""
-        try:
-            load_image(image)
-        except InputError as exc:
-            log.info("refused an API input: %s", exc)
-            raise gr.Error(str(exc), print_exception=False) from None
         record = {}
         for _ in stream(image, prompt, preset, "auto", random.randrange(2**31), threading.Event(), record):
+            if record.get("error"):
+                log.info("refused an API input: %s", record["error"])
+                raise gr.Error(record["error"], print_exception=False)
             yield record["text"], record["preview"], record["video"]
 
     with gr.Blocks(title="Foresight", delete_cache=(CACHE_TTL_S, CACHE_TTL_S)) as demo:

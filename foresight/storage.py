@@ -38,9 +38,12 @@ def keep_newest_runs(outputs: Path, keep: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def keep_upload(source: str | Path, folder: Path) -> Path:
-    """The run's own copy of the uploaded file, as uploaded (a copy is quick; decoding waits for later):
-    the upload itself lives in the web framework's cache, which is swept."""
+def keep_upload(source: str | Path | None, folder: Path) -> Path | str | None:
+    """The run's own copy of the uploaded file, as uploaded (a copy is quick; decoding is the
+    pipeline's, once): the upload itself lives in the web framework's cache, which is swept.
+    No file, no copy: the pipeline refuses that with its own message."""
+    if source is None or not Path(source).is_file():
+        return source
     copy = Path(folder) / f"upload{Path(source).suffix.lower()}"
     shutil.copyfile(source, copy)
     return copy
