@@ -208,8 +208,8 @@ def predict_command(models, args) -> int:
                 log(f"mode {ev['mode']}, seed {ev['seed']}; first token {_secs(ev['ttft'])}, "
                     f"first preview {_secs(ev['first_frame'])}, video ready {_secs(ev['video_ready'])}")
                 if args.trace:
-                    _, png = write_trace(args.trace, "timeline", ev, f"{Path(args.image).name} · {args.preset} · "
-                                                                     f"{ev['mode']} · profile {models.settings.profile}")
+                    title = f"{Path(args.image).name} · {args.preset} · {ev['mode']} · {models.settings.profile}"
+                    _, png = write_trace(args.trace, "timeline", ev, title)
                     log(f"timeline: {png}")
     finally:
         if events_log:

@@ -137,8 +137,8 @@ def variants(settings, decodes, schedules, paces, previews, compiles=(False,)) -
     for compiled, schedule, decode, pace, every in itertools.product(compiles, schedules, decodes, paces, previews):
         changed = replace(settings, decode=decode, schedule=schedule, text_pace=pace, preview_every=every,
                           compile_video=compiled)
-        out.append((f"{decode} · {schedule} · pace {pace:g} · previews {every}" + (" · compiled" if compiled else ""),
-                    changed))
+        label = f"{decode} · {schedule} · pace {pace:g} · previews {every}" + (" · compiled" if compiled else "")
+        out.append((label, changed))
     return out
 
 

@@ -11,7 +11,7 @@ A run is one timeline, and `_conduct` reads as it:
 3. the video starts as soon as its conditioning can exist: in `fused` mode right after the
    prefill, in `text` mode once the prediction line is written; while it renders, the text is
    paced so that the denoising steps get the GPU;
-4. a preview per step, then the mp4;
+4. previews as it denoises (every `preview_every` steps), then the mp4;
 5. the rest of the text at full speed.
 
 The two workers (long-lived threads: CUDA graphs of a compiled decode step are recorded per

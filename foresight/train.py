@@ -151,7 +151,8 @@ class Trainer:
             if self.config.objective == "distill":
                 return distill_loss(self.bridge, batch)
             generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
-            return video_loss(self.bridge, batch, self.models.video_pipeline, generator, PRESETS[self.config.preset].fps)
+            fps = PRESETS[self.config.preset].fps
+            return video_loss(self.bridge, batch, self.models.video_pipeline, generator, fps)
 
     @torch.no_grad()
     def validate(self) -> dict:
