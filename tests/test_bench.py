@@ -2,8 +2,10 @@
 
 import dataclasses
 import json
+import threading
 
 import torch
+from PIL import Image
 
 from foresight.bench import METRICS, bench, bench_variants, format_table, run_metrics, variants
 
@@ -62,3 +64,33 @@ def test_random_full_builds_the_real_sizes(models):
     assert 4.7 < billions(full.video_pipeline.text_encoder) < 4.8  # T5-XXL encoder
     assert full.video_pipeline.vae_spatial_compression_ratio == 32 and full.video_pipeline.vae_temporal_compression_ratio == 8
     assert full.vlm.lm_head.weight.dtype == torch.bfloat16
+
+
+def test_random_full_vlm_writes_every_token_asked_for_and_only_ones_it_can_show(models):
+    """The stand-in tokenizer knows a few hundred of Qwen's 152k ids: the random VLM must write only
+    those and never an end token, with the real checkpoint's generation config (no suppress list)."""
+    from foresight.profiles.random_full import QWEN_7B_TEXT, QWEN_7B_VISION, build_vlm
+    from foresight.vlm import build_inputs, stream_reasoning
+
+    narrow_text = dict(QWEN_7B_TEXT, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2,
+                       rope_parameters=dict(QWEN_7B_TEXT["rope_parameters"], mrope_section=[2, 3, 3]))
+    narrow_vision = dict(QWEN_7B_VISION, depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                         out_hidden_size=64, fullatt_block_indexes=[1])
+    tokenizer = models.vlm_processor.tokenizer
+    torch.manual_seed(0)
+    vlm = build_vlm(tokenizer, "cpu", torch.float32, narrow_text, narrow_vision)
+    assert vlm.generation_config.suppress_tokens is None and vlm.generation_config.top_k == 1
+    narrow = dataclasses.replace(models, vlm=vlm, settings=dataclasses.replace(models.settings, decode="dynamic"))
+    inputs = build_inputs(narrow, Image.new("RGB", (64, 48), (90, 140, 30)), "")
+
+    with torch.no_grad():
+        logits = vlm(**inputs).logits[0, -1]
+    ends = vlm.generation_config.eos_token_id
+    assert (logits[len(tokenizer):] == 0).all() and (logits[ends] == 0).all() and logits.max() > 0
+    ids = vlm.generate(**inputs, max_new_tokens=40)[0, inputs["input_ids"].shape[1]:].tolist()
+    assert len(ids) == 40 and max(ids) < len(tokenizer)
+    assert not set(ids) & set(ends)
+    texts = []
+    stream_reasoning(narrow, inputs, texts.append, threading.Event(), max_new_tokens=40)
+    assert "".join(texts) == tokenizer.decode(ids, skip_special_tokens=True)

@@ -3,8 +3,8 @@
 Timing does not depend on weight values, and 30 GB of random checkpoints would take longer to
 write than a benchmark takes to run, so the models are built in memory from their real configs.
 The small files (tokenizers, processors, scheduler) come from the tiny profile's folders, which
-have the real layouts. The VLM stands in with the tiny tokenizer: token ids it cannot decode,
-and end-of-text, are suppressed so that every run decodes exactly `max_new_tokens` tokens.
+have the real layouts. The VLM stands in with the tiny tokenizer, and must decode exactly
+`max_new_tokens` tokens it can show (`build_vlm` says how).
 """
 
 from __future__ import annotations
@@ -63,22 +63,35 @@ def _building(device: str, dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-def build_vlm(tokenizer, device: str, dtype: torch.dtype):
+def build_vlm(tokenizer, device: str, dtype: torch.dtype, text: dict = QWEN_7B_TEXT, vision: dict = QWEN_7B_VISION):
+    """Qwen2.5-VL at `text`/`vision` sizes with random weights and the real checkpoint's generation config.
+
+    The stand-in tokenizer knows a few hundred of the 152k ids, so the lm_head rows of every other
+    id, and of the end tokens, are zeroed: their logits are exactly 0 while the known ids' random
+    logits have a positive maximum, so greedy-in-effect decoding never picks them. (Not
+    `suppress_tokens`: a 150k-id list there costs every `generate` call a deep copy and every token
+    a vocabulary-wide `isin`, time the real checkpoint never spends; docs/PITFALLS.md.)
+    """
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     token_id = tokenizer.convert_tokens_to_ids
+    ends = [token_id("<|im_end|>"), token_id("<|endoftext|>")]
     config = Qwen2_5_VLConfig(
-        text_config=dict(QWEN_7B_TEXT, eos_token_id=token_id("<|im_end|>"), pad_token_id=token_id("<|endoftext|>")),
-        vision_config=QWEN_7B_VISION,
+        text_config=dict(text, eos_token_id=ends[0], pad_token_id=ends[1]),
+        vision_config=vision,
         image_token_id=token_id("<|image_pad|>"), video_token_id=token_id("<|video_pad|>"),
         vision_start_token_id=token_id("<|vision_start|>"), vision_end_token_id=token_id("<|vision_end|>"),
     )
     with _building(device, dtype):
         vlm = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
-    ends = [token_id("<|im_end|>"), token_id("<|endoftext|>")]
-    vlm.generation_config = GenerationConfig(  # the real checkpoint's, and no token the tokenizer cannot show
-        bos_token_id=ends[1], pad_token_id=ends[1], eos_token_id=ends, **QWEN_GENERATION,
-        suppress_tokens=ends + list(range(len(tokenizer), QWEN_7B_TEXT["vocab_size"])))
+    if device != "meta":
+        unshowable = torch.ones(text["vocab_size"], dtype=torch.bool, device=device)
+        unshowable[:len(tokenizer)] = False
+        unshowable[ends] = True
+        with torch.no_grad():
+            vlm.lm_head.weight[unshowable] = 0
+    vlm.generation_config = GenerationConfig(bos_token_id=ends[1], pad_token_id=ends[1], eos_token_id=ends,
+                                             **QWEN_GENERATION)
     return vlm
 
 
