@@ -99,7 +99,8 @@ class Settings:
     decode: str = "dynamic"
     static_cache_len: int = 2048  # one size for every call, so the compiled step is reused
     # How the two workers share the GPU: "shared" (one stream) or "streams" (the text on its own
-    # high-priority stream); see foresight/scheduling.py. `streams` on CUDA (docs/BENCHMARKS.md).
+    # high-priority stream, and DINOv2 beside the prefill); see foresight/scheduling.py. `streams`
+    # on CUDA (docs/BENCHMARKS.md).
     schedule: str = "shared"
     # While the video renders, the text is held to this many tokens a second (0: not held), so the
     # video gets the GPU; it runs at full speed before and after. 45 on CUDA: well ahead of any

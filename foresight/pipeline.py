@@ -9,8 +9,9 @@ A run is one timeline, and `_conduct` reads as it:
 1. the thinker prefills Qwen: the first token, and the hidden states the bridge reads;
 2. the text streams from that first token;
 3. the video starts as soon as its conditioning can exist: in `fused` mode right after the
-   prefill, in `text` mode once the prediction line is written; while it renders, the text is
-   paced so that the denoising steps get the GPU;
+   prefill (under the `streams` schedule DINOv2 has read the image beside it), in `text` mode
+   once the prediction line is written; while it renders, the text is paced so that the
+   denoising steps get the GPU;
 4. previews as it denoises (every `preview_every` steps), then the mp4;
 5. the rest of the text at full speed.
 
@@ -67,6 +68,7 @@ class VideoJob:
     question: str = ""
     prompt: str | None = None  # text mode: the prediction line
     states: vlm_stage.PrefillCapture | None = None  # fused mode: the prefill's states (None: compute them)
+    patch_tokens: Future | None = None  # fused mode: DINOv2's tokens of `image`, begun early (None: read them)
 
 
 class Run:
@@ -210,6 +212,7 @@ class ForesightPipeline:
         first: dict[str, float | None] = {"ttft": None, "first_frame": None, "video_ready": None}
         rendering: VideoJob | None = None
         video_start = None
+        patch_tokens = None
 
         def start_video(job: VideoJob) -> None:
             nonlocal rendering, video_start
@@ -218,7 +221,7 @@ class ForesightPipeline:
             jobs.append(renderer.submit(self._render, run, job, seed, mp4_path, frame_events))
 
         def video_job(**conditioning) -> VideoJob:
-            return VideoJob(PRESETS[preset], condition_image, image, prompt, **conditioning)
+            return VideoJob(PRESETS[preset], condition_image, image, prompt, patch_tokens=patch_tokens, **conditioning)
 
         def text_job(line: str) -> VideoJob:
             return video_job(prompt=line)
@@ -226,6 +229,8 @@ class ForesightPipeline:
         try:
             if reasoning is None:  # 1. the prefill, then 2. the text streams
                 jobs.append(thinker.submit(self._think, run, image, prompt, mode == "fused" and video))
+                if mode == "fused" and video and settings.schedule == "streams":  # DINOv2 beside the prefill
+                    patch_tokens = renderer.submit(self._see, run, image)
             else:  # a video-only retry: the text exists already
                 text = reasoning
                 if video:
@@ -344,8 +349,11 @@ class ForesightPipeline:
                     with trace.span("video", "VLM states"):
                         states = vlm_stage.prefill_states(models, vlm_stage.build_inputs(models, job.image,
                                                                                          job.question))
-                with trace.span("video", "DINOv2 + bridge"):
-                    embeds, mask = video_stage.fused_conditioning(models, job.image, states)
+                early = job.patch_tokens
+                patch_tokens = early.result() if early is not None and early.exception() is None \
+                    else self._see(run, job.image)  # read now: not begun early, or it failed (read again)
+                with trace.span("video", "bridge"):
+                    embeds, mask = video_stage.fused_conditioning(models, patch_tokens, states)
             num_steps = models.settings.sampling.num_steps
 
             def on_preview(step: int, rgb: torch.Tensor) -> None:
@@ -378,6 +386,11 @@ class ForesightPipeline:
             if mp4 is not None and mp4.exception() is None:  # no video after all: no file either
                 mp4.result().abort()
             run.post("done", worker="video")
+
+    def _see(self, run: Run, image) -> torch.Tensor:
+        """DINOv2's patch tokens of the image: it needs no prefill, so under `streams` it runs beside it."""
+        with run.trace.span("video", "DINOv2"):
+            return video_stage.vision_tokens(self.models, image)
 
     def _post_preview(self, run: Run, rgb: torch.Tensor, ready, step: int, num_steps: int, preset: Preset) -> None:
         with run.trace.span("host", f"preview {step} to JPEG", gpu=False):

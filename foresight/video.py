@@ -28,9 +28,9 @@ def vision_tokens(models, image: Image.Image) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def fused_conditioning(models, image: Image.Image, vlm_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """DINOv2 patch tokens + VLM prefill states -> the bridge -> (prompt_embeds, prompt_attention_mask)."""
-    patch_tokens = vision_tokens(models, image)
+def fused_conditioning(models, patch_tokens: torch.Tensor, vlm_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DINOv2 patch tokens (`vision_tokens`) + VLM prefill states -> the bridge -> (prompt_embeds,
+    prompt_attention_mask)."""
     bridge_dtype = next(models.bridge.parameters()).dtype
     return models.bridge.condition(patch_tokens.to(bridge_dtype), vlm_states.to(bridge_dtype))
 

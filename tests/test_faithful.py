@@ -173,9 +173,11 @@ def test_the_bridge_reads_the_configured_layer_of_this_runs_prefill_and_dinov2(m
 def test_fused_conditioning_changes_with_the_vlm_states_and_with_the_image(models, photo):
     inputs = vlm_stage.build_inputs(models, photo, "")
     states = vlm_stage.prefill_states(models, inputs)
-    base, _ = video_stage.fused_conditioning(models, photo, states)
-    other_states, _ = video_stage.fused_conditioning(models, photo, states + torch.randn_like(states))
-    other_image, _ = video_stage.fused_conditioning(models, photo.rotate(90, expand=True), states)
+    patches = video_stage.vision_tokens(models, photo)
+    base, _ = video_stage.fused_conditioning(models, patches, states)
+    other_states, _ = video_stage.fused_conditioning(models, patches, states + torch.randn_like(states))
+    turned = video_stage.vision_tokens(models, photo.rotate(90, expand=True))
+    other_image, _ = video_stage.fused_conditioning(models, turned, states)
     assert not torch.allclose(base, other_states, atol=1e-4)
     assert not torch.allclose(base, other_image, atol=1e-4)
 

@@ -57,7 +57,7 @@ def test_final_frames_are_sent_only_when_asked_for(pipe, photo, tmp_path):
 def test_the_run_records_where_its_time_went(pipe, photo, tmp_path):
     end = run_events(pipe, photo, mode="fused", seed=3, out_dir=tmp_path)[-1]
     names = [span["name"] for span in end["spans"]]
-    for name in ("load image", "VLM processor", "prefill", "DINOv2 + bridge", "encode image", "step 0", "step 7",
+    for name in ("load image", "VLM processor", "prefill", "DINOv2", "bridge", "encode image", "step 0", "step 7",
                  "preview 0", "VAE decode", "mp4"):
         assert name in names, name
     assert all(span["track"] in ("text", "video", "host") and 0 <= span["start"] <= span["end"] <= end["t"]

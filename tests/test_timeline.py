@@ -93,6 +93,23 @@ def test_every_timing_setting_makes_the_same_text_and_frames(models, photo, tmp_
             [ev["type"] for ev in reference if ev["type"] != "video_frame"], changes
 
 
+def test_under_streams_dinov2_reads_the_image_beside_the_prefill_and_makes_the_same_video(models, photo, tmp_path):
+    """DINOv2 needs no prefill: under `streams` it starts at once, under `shared` after the first token."""
+    def run(pipe):
+        events = run_events(pipe, photo, mode="fused", seed=6, out_dir=tmp_path, frame_events=True)
+        return events, {span["name"]: span for span in events[-1]["spans"]}
+
+    shared, shared_spans = run(ForesightPipeline(models))
+    streams, streams_spans = run(ForesightPipeline(with_settings(models, schedule="streams")))
+    assert shared_spans["DINOv2"]["start"] >= shared_spans["prefill"]["end"]
+    assert streams_spans["DINOv2"]["start"] < streams_spans["prefill"]["end"]
+    assert streams_spans["DINOv2"]["end"] <= streams_spans["bridge"]["start"]
+    assert streams[-1]["text"] == shared[-1]["text"] and streams[-1]["video_url"]
+    assert all(np.array_equal(a, b) for a, b in zip(frames_of(streams), frames_of(shared)))
+    assert [ev["type"] for ev in streams if ev["type"] != "video_frame"] == \
+        [ev["type"] for ev in shared if ev["type"] != "video_frame"]
+
+
 def test_the_compiled_video_path_compiles_once_and_makes_the_same_video(models, photo, tmp_path):
     """On CUDA the warm-up pays this compile; here the same compile runs on the CPU. It compiles the
     loaded modules for good, so it runs on a copy of the tiny models."""
