@@ -130,25 +130,31 @@ def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EX
     return results
 
 
-def variants(settings, decodes, schedules, paces, previews, compiles=(False,)) -> list[tuple[str, object]]:
+def variants(settings, decodes, schedules, paces, previews, compiles=(False,), earlies=(False,)) \
+        -> list[tuple[str, object]]:
     """(label, settings) for every combination asked for: compiled ones last (compiling changes the
     loaded modules for good), shared schedules first (an untried `streams` crash loses nothing else)."""
     out = []
-    for compiled, schedule, decode, pace, every in itertools.product(compiles, schedules, decodes, paces, previews):
+    for compiled, schedule, decode, pace, every, early in itertools.product(compiles, schedules, decodes, paces,
+                                                                            previews, earlies):
         changed = replace(settings, decode=decode, schedule=schedule, text_pace=pace, preview_every=every,
-                          compile_video=compiled)
-        label = f"{decode} · {schedule} · pace {pace:g} · previews {every}" + (" · compiled" if compiled else "")
+                          vision_early=early, compile_video=compiled)
+        label = (f"{decode} · {schedule} · pace {pace:g} · previews {every}" + (" · DINOv2 early" if early else "")
+                 + (" · compiled" if compiled else ""))
         out.append((label, changed))
     return out
 
 
 def parse_variant(text: str, settings):
-    """(label, settings) from `decode:schedule:pace:previews[:compiled]`, e.g. `static:streams:45:2`."""
+    """(label, settings) from `decode:schedule:pace:previews[:early][:compiled]`, e.g. `static:streams:45:2`
+    or `static:streams:45:2:early` (`vision_early`)."""
     parts = text.split(":")
-    if len(parts) not in (4, 5) or (len(parts) == 5 and parts[4] != "compiled"):
-        raise ValueError(f"variant {text!r}: use decode:schedule:pace:previews[:compiled], e.g. static:streams:45:2")
+    flags = parts[4:]
+    if len(parts) < 4 or not set(flags) <= {"early", "compiled"} or len(set(flags)) < len(flags):
+        raise ValueError(f"variant {text!r}: use decode:schedule:pace:previews[:early][:compiled], "
+                         "e.g. static:streams:45:2")
     decode, schedule, pace, every = parts[0], parts[1], float(parts[2]), int(parts[3])
-    return variants(settings, [decode], [schedule], [pace], [every], [len(parts) == 5])[0]
+    return variants(settings, [decode], [schedule], [pace], [every], ["compiled" in flags], ["early" in flags])[0]
 
 
 def bench_variants(models, presets: list[str], runs: int, settings_list, modes: list[str | None],
@@ -284,7 +290,8 @@ def bench_command(models, args, log) -> int:
         settings_list = variants(settings, args.decode or [settings.decode], args.schedule or [settings.schedule],
                                  _numbers(args.pace, settings.text_pace),
                                  _numbers(args.previews, settings.preview_every, int),
-                                 [item == "on" for item in args.compile_video] if args.compile_video else [False])
+                                 [item == "on" for item in args.compile_video] if args.compile_video else [False],
+                                 [settings.vision_early])
     started = time.strftime("%Y-%m-%d %H:%M")
     title = (f"Foresight bench · {started} · profile {settings.profile} · {machine()} · {args.runs} runs · "
              f"{settings.max_new_tokens} new tokens · median (min–max)")

@@ -99,9 +99,12 @@ class Settings:
     decode: str = "dynamic"
     static_cache_len: int = 2048  # one size for every call, so the compiled step is reused
     # How the two workers share the GPU: "shared" (one stream) or "streams" (the text on its own
-    # high-priority stream, and DINOv2 beside the prefill); see foresight/scheduling.py. `streams`
-    # on CUDA (docs/BENCHMARKS.md).
+    # high-priority stream); see foresight/scheduling.py. `streams` on CUDA (docs/BENCHMARKS.md).
     schedule: str = "shared"
+    # Fused mode: DINOv2 reads the image beside the prefill (it needs none) instead of after it.
+    # Off until measured on a GPU: it shortens the video's path by DINOv2's time, if the prefill
+    # leaves the GPU room; on the 2-core CPU it delayed the first text (docs/BENCHMARKS.md).
+    vision_early: bool = False
     # While the video renders, the text is held to this many tokens a second (0: not held), so the
     # video gets the GPU; it runs at full speed before and after. 45 on CUDA: well ahead of any
     # reader, and measured to give the video the most (docs/BENCHMARKS.md).
@@ -173,6 +176,7 @@ def settings_from_env(**overrides) -> Settings:
         schedule=env("FORESIGHT_SCHEDULE") or ("streams" if on_cuda else "shared"),
         text_pace=float(env("FORESIGHT_TEXT_PACE") or (CUDA_TEXT_PACE if on_cuda else 0)),
         preview_every=int(env("FORESIGHT_PREVIEW_EVERY") or (CUDA_PREVIEW_EVERY if on_cuda else 1)),
+        vision_early=_flag("FORESIGHT_VISION_EARLY", False),
         compile_video=_flag("FORESIGHT_COMPILE_VIDEO", False),
     )
     return check(replace(settings, **overrides))

@@ -9,7 +9,7 @@ A run is one timeline, and `_conduct` reads as it:
 1. the thinker prefills Qwen: the first token, and the hidden states the bridge reads;
 2. the text streams from that first token;
 3. the video starts as soon as its conditioning can exist: in `fused` mode right after the
-   prefill (under the `streams` schedule DINOv2 has read the image beside it), in `text` mode
+   prefill (with `vision_early`, DINOv2 has read the image beside it), in `text` mode
    once the prediction line is written; while it renders, the text is paced so that the
    denoising steps get the GPU;
 4. previews as it denoises (every `preview_every` steps), then the mp4;
@@ -229,7 +229,7 @@ class ForesightPipeline:
         try:
             if reasoning is None:  # 1. the prefill, then 2. the text streams
                 jobs.append(thinker.submit(self._think, run, image, prompt, mode == "fused" and video))
-                if mode == "fused" and video and settings.schedule == "streams":  # DINOv2 beside the prefill
+                if mode == "fused" and video and settings.vision_early:  # DINOv2 beside the prefill
                     patch_tokens = renderer.submit(self._see, run, image)
             else:  # a video-only retry: the text exists already
                 text = reasoning
@@ -388,7 +388,7 @@ class ForesightPipeline:
             run.post("done", worker="video")
 
     def _see(self, run: Run, image) -> torch.Tensor:
-        """DINOv2's patch tokens of the image: it needs no prefill, so under `streams` it runs beside it."""
+        """DINOv2's patch tokens of the image: it needs no prefill, so with `vision_early` it runs beside it."""
         with run.trace.span("video", "DINOv2"):
             return video_stage.vision_tokens(self.models, image)
 

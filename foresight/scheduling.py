@@ -6,9 +6,7 @@ Streams (`Settings.schedule`):
 * `streams`: each worker thread gets its own stream for its lifetime, the thinker's at the highest
   priority the device offers, so the GPU dispatches the decode's kernels ahead of the renderer's
   pending ones. Tensors that cross from one worker to the other (the prefill's hidden states) are
-  handed over with an event (`vlm.PrefillCapture.states_here`). The renderer also starts the work
-  that needs no prefill (DINOv2 reading the image, `fused` mode) beside the prefill: on its
-  low-priority stream it fills the GPU where the prefill leaves room, instead of waiting for it.
+  handed over with an event (`vlm.PrefillCapture.states_here`).
 On a CPU there are no streams and both schedules are the same.
 
 Pacing (`Settings.text_pace`): the text streams far faster than anyone reads; while the video

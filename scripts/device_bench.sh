@@ -17,7 +17,8 @@
 #
 # Steps (each writes as it goes, so a run cut short keeps what it measured):
 #   matrix:  the default preset, fused and text mode, in the variants of MATRIX (decode:schedule:
-#            text pace:preview cadence[:compiled]); compiled last, as compiling changes the models for good;
+#            text pace:preview cadence[:early][:compiled]: the defaults, DINOv2 beside the prefill, the
+#            compiled video path); compiled last, as compiling changes the models for good;
 #            then Qwen's processor and generate up to the first token under cProfile and torch.profiler
 #            (profile.txt: where the 0.3 s before the first token goes)
 #   presets: fast and high, both modes, in VARIANT (the defaults, unless set)
@@ -30,7 +31,7 @@ OUT=${OUT:-device-out}
 RUNS=${RUNS:-3}
 TOKENS=${TOKENS:-128}  # enough to span the video and then some
 STEPS=${STEPS:-matrix presets tests}
-MATRIX=${MATRIX:-static:streams:45:2 static:streams:45:2:compiled}
+MATRIX=${MATRIX:-static:streams:45:2 static:streams:45:2:early static:streams:45:2:compiled}
 VARIANT=${VARIANT:-}
 mkdir -p "$OUT/traces"
 if [ "${WHEELS:-1}" = 1 ] && ls .whl/*.whl >/dev/null 2>&1; then

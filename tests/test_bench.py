@@ -4,10 +4,11 @@ import dataclasses
 import json
 import threading
 
+import pytest
 import torch
 from PIL import Image
 
-from foresight.bench import METRICS, bench, bench_variants, format_table, run_metrics, variants
+from foresight.bench import METRICS, bench, bench_variants, format_table, parse_variant, run_metrics, variants
 
 from conftest import run_events
 
@@ -48,6 +49,17 @@ def test_run_metrics_count_tokens_decoded_while_the_video_renders(pipe, photo, t
     assert metrics["overlap_tokens"] == sum(
         end["video_start"] <= t <= min(end["video_ready"], end["token_times"][-1]) for t in end["token_times"])
 
+
+def test_a_variant_names_every_timing_setting_it_changes(models):
+    label, settings = parse_variant("static:streams:45:2:early:compiled", models.settings)
+    assert label == "static · streams · pace 45 · previews 2 · DINOv2 early · compiled"
+    assert (settings.decode, settings.schedule, settings.text_pace, settings.preview_every, settings.vision_early,
+            settings.compile_video) == ("static", "streams", 45.0, 2, True, True)
+    label, settings = parse_variant("dynamic:shared:0:1", models.settings)
+    assert label == "dynamic · shared · pace 0 · previews 1" and not settings.vision_early
+    for wrong in ("static:streams:45", "static:streams:45:2:fast", "static:streams:45:2:early:early"):
+        with pytest.raises(ValueError, match="decode:schedule:pace:previews"):
+            parse_variant(wrong, models.settings)
 
 def test_random_full_builds_the_real_sizes(models):
     from foresight.profiles.random_full import build_models

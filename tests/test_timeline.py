@@ -93,21 +93,23 @@ def test_every_timing_setting_makes_the_same_text_and_frames(models, photo, tmp_
             [ev["type"] for ev in reference if ev["type"] != "video_frame"], changes
 
 
-def test_under_streams_dinov2_reads_the_image_beside_the_prefill_and_makes_the_same_video(models, photo, tmp_path):
-    """DINOv2 needs no prefill: under `streams` it starts at once, under `shared` after the first token."""
+def test_dinov2_early_reads_the_image_beside_the_prefill_and_makes_the_same_video(models, photo, tmp_path):
+    """DINOv2 needs no prefill: with `vision_early` it starts at once, else after the first token."""
     def run(pipe):
         events = run_events(pipe, photo, mode="fused", seed=6, out_dir=tmp_path, frame_events=True)
         return events, {span["name"]: span for span in events[-1]["spans"]}
 
-    shared, shared_spans = run(ForesightPipeline(models))
-    streams, streams_spans = run(ForesightPipeline(with_settings(models, schedule="streams")))
-    assert shared_spans["DINOv2"]["start"] >= shared_spans["prefill"]["end"]
-    assert streams_spans["DINOv2"]["start"] < streams_spans["prefill"]["end"]
-    assert streams_spans["DINOv2"]["end"] <= streams_spans["bridge"]["start"]
-    assert streams[-1]["text"] == shared[-1]["text"] and streams[-1]["video_url"]
-    assert all(np.array_equal(a, b) for a, b in zip(frames_of(streams), frames_of(shared)))
-    assert [ev["type"] for ev in streams if ev["type"] != "video_frame"] == \
-        [ev["type"] for ev in shared if ev["type"] != "video_frame"]
+    late, late_spans = run(ForesightPipeline(models))
+    early, early_spans = run(ForesightPipeline(with_settings(models, vision_early=True)))
+    assert late_spans["DINOv2"]["start"] >= late_spans["prefill"]["end"]
+    assert early_spans["DINOv2"]["start"] < early_spans["prefill"]["end"]
+    assert early_spans["DINOv2"]["end"] <= early_spans["bridge"]["start"]
+    assert early[-1]["text"] == late[-1]["text"] and early[-1]["video_url"]
+    assert all(np.array_equal(a, b) for a, b in zip(frames_of(early), frames_of(late)))
+    def protocol(events):  # text arrives beside the video in fused mode: where its chunks fall is timing
+        return [ev["type"] for ev in events if ev["type"] not in ("video_frame", "text_chunk")]
+
+    assert protocol(early) == protocol(late)
 
 
 def test_the_compiled_video_path_compiles_once_and_makes_the_same_video(models, photo, tmp_path):
