@@ -61,8 +61,8 @@ def load_models(settings: Settings, log: Callable[[str], None] = print,
     bridge, bridge_note = load_bridge_for(settings)  # first: a refused --weights costs no model loading
     vlm_path = resolve(settings, ids.vlm)
     vlm_processor = AutoProcessor.from_pretrained(vlm_path)
-    vlm = step("VLM", ids.vlm, lambda: Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        vlm_path, dtype=dtype, use_safetensors=True).to(device).eval())
+    vlm = step("VLM", ids.vlm, lambda: Qwen2_5_VLForConditionalGeneration.from_pretrained(  # sdpa: vlm.encode_image
+        vlm_path, dtype=dtype, use_safetensors=True, attn_implementation="sdpa").to(device).eval())
     vision_path = resolve(settings, ids.vision)
     vision_processor = AutoImageProcessor.from_pretrained(vision_path)
     vision = step("vision model", ids.vision, lambda: Dinov2Model.from_pretrained(

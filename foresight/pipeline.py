@@ -309,6 +309,8 @@ class ForesightPipeline:
                 capture = vlm_stage.PrefillCapture(self.models.vlm, self.models.settings.hidden_layer)
             with trace.span("text", "VLM processor", gpu=False):
                 inputs = vlm_stage.build_inputs(self.models, image, prompt)
+            with trace.span("text", "Qwen vision tower"):
+                inputs = vlm_stage.encode_image(self.models, inputs)
             prefill = trace.mark(gpu=False)
 
             def on_token() -> None:

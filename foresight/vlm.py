@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from transformers import StaticCache, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
+from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
 
 from foresight.inputs import vlm_view
 
@@ -42,6 +43,36 @@ def build_inputs(models, image: Image.Image, question: str):
     bounds = {"shortest_edge": settings.vlm_min_pixels, "longest_edge": settings.vlm_max_pixels}
     inputs = models.vlm_processor(text=[text], images=[view], size=bounds, return_tensors="pt")
     return inputs.to(models.vlm.device)
+
+
+@torch.inference_mode()
+def encode_image(models, inputs) -> dict:
+    """Qwen's vision tower on the prompt's image: `inputs` for `generate` or the model's forward with
+    the image as `mm_encoder_outputs` (transformers' own input for pre-encoded images) instead of
+    `pixel_values`. Inputs without `pixel_values` are returned as they are.
+
+    Run this way, not inside `generate`, for one reason: with SDPA (how `models.py` loads Qwen) the
+    tower splits its windowed attention at window boundaries it reads back from the GPU three times
+    a layer (96 device syncs an image, each one waiting for the GPU to drain). Here the same
+    boundaries, window order and positions are computed on the CPU copy of the grid by
+    transformers' own `vision_utils` and handed in as its precomputed `image_*` inputs (kept on the
+    CPU, the boundaries are read without a sync); the outputs are identical.
+    """
+    if "pixel_values" not in inputs:
+        return inputs
+    vlm, pixels = models.vlm, inputs["pixel_values"]
+    vision = vlm.config.vision_config
+    grid = inputs["image_grid_thw"].cpu()
+    cu_seqlens, _ = get_vision_attention_seqlens(grid, vision)
+    window_index, cu_window_seqlens = get_vision_window_index(
+        grid, spatial_merge_size=vision.spatial_merge_size, window_size=vision.window_size,
+        patch_size=vision.patch_size)
+    image = vlm.model.get_image_features(
+        pixels, grid, return_dict=True, image_cu_seqlens=cu_seqlens, image_cu_window_seqlens=cu_window_seqlens,
+        image_window_index=window_index.to(pixels.device, non_blocking=True),
+        image_position_ids=get_vision_position_ids(grid, vision.spatial_merge_size).to(pixels.device, non_blocking=True))
+    return {**{key: value for key, value in inputs.items() if key != "pixel_values"},
+            "mm_encoder_outputs": {"image": image}}
 
 
 class TokenStreamer(BaseStreamer):
@@ -156,7 +187,7 @@ def stream_reasoning(models, inputs, on_text: Callable[[str], None], stop: threa
         cache["cache"] = static_cache.for_call(models.vlm, inputs["input_ids"].shape[1] + max_new_tokens)
     try:
         models.vlm.generate(
-            **inputs,
+            **encode_image(models, inputs),
             **cache,
             max_new_tokens=max_new_tokens,
             streamer=TokenStreamer(models.vlm_processor.tokenizer, on_text, on_token, before_next),
@@ -172,7 +203,7 @@ def prefill_states(models, inputs) -> torch.Tensor:
     """The bridge's input without generating: one forward pass over the prompt (used by video-only retries)."""
     capture = PrefillCapture(models.vlm, models.settings.hidden_layer)
     try:
-        models.vlm(**inputs, use_cache=False)
+        models.vlm(**encode_image(models, inputs), use_cache=False)
     finally:
         capture.remove()
     return capture.states

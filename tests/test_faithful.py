@@ -122,6 +122,50 @@ def test_qwen_sees_the_upload_at_its_own_budget_whatever_the_preset(models, pipe
     assert height * width <= models.settings.vlm_max_pixels and width > height  # its own budget, its aspect
 
 
+def test_qwen_vision_tower_run_outside_generate_gives_generates_own_result(models, photo):
+    """`encode_image` lays out the tower's windows on the CPU: the states, the tokens and the text
+    must be exactly those of `generate` given the pixels, on an image of many windows."""
+    import threading
+
+    wide = with_settings(models, vlm_max_pixels=448 * 448)
+    inputs = vlm_stage.build_inputs(wide, photo.resize((640, 480)), "")
+    vision = models.vlm.config.vision_config
+    window = vision.window_size // vision.patch_size
+    assert inputs["image_grid_thw"][0, 1:].prod() // window**2 >= 16, "many windows"
+    with torch.inference_mode():
+        own = models.vlm(**inputs, output_hidden_states=True).hidden_states
+        ours = models.vlm(**vlm_stage.encode_image(wide, inputs), output_hidden_states=True).hidden_states
+        ids = models.vlm.generate(**inputs, max_new_tokens=16)[0, inputs["input_ids"].shape[1]:]
+    assert len(own) == len(ours) and all(torch.equal(a, b) for a, b in zip(own, ours))
+    texts = []
+    vlm_stage.stream_reasoning(wide, inputs, texts.append, threading.Event(), max_new_tokens=16)
+    assert "".join(texts) == models.vlm_processor.tokenizer.decode(ids, skip_special_tokens=True) != ""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="device syncs exist only on a GPU")
+def test_qwen_vision_tower_waits_for_the_gpu_once_not_at_every_layer(models, photo):
+    import warnings
+
+    if not models.settings.device.startswith("cuda"):
+        pytest.skip("the models are on the CPU")
+    inputs = vlm_stage.build_inputs(with_settings(models, vlm_max_pixels=448 * 448), photo, "")
+
+    def syncs(run) -> int:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught, torch.inference_mode():
+                warnings.simplefilter("always")
+                run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return len(caught)
+
+    ours = syncs(lambda: vlm_stage.encode_image(models, inputs))
+    own = syncs(lambda: models.vlm.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]))
+    assert ours <= 1 and own >= 3 * models.vlm.config.vision_config.depth, (ours, own)
+
+
 def vlm_stage_view_size(models, image):
     view = vlm_stage.vlm_view(image, models.settings.vlm_min_pixels, models.settings.vlm_max_pixels)
     return view.height, view.width

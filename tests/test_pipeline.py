@@ -57,12 +57,13 @@ def test_final_frames_are_sent_only_when_asked_for(pipe, photo, tmp_path):
 def test_the_run_records_where_its_time_went(pipe, photo, tmp_path):
     end = run_events(pipe, photo, mode="fused", seed=3, out_dir=tmp_path)[-1]
     names = [span["name"] for span in end["spans"]]
-    for name in ("load image", "VLM processor", "prefill", "DINOv2", "bridge", "encode image", "step 0", "step 7",
-                 "preview 0", "VAE decode", "mp4"):
+    for name in ("load image", "VLM processor", "Qwen vision tower", "prefill", "DINOv2", "bridge", "encode image",
+                 "step 0", "step 7", "preview 0", "VAE decode", "mp4"):
         assert name in names, name
     assert all(span["track"] in ("text", "video", "host") and 0 <= span["start"] <= span["end"] <= end["t"]
                for span in end["spans"])
     by_name = {span["name"]: span for span in end["spans"]}
+    assert by_name["Qwen vision tower"]["end"] <= by_name["prefill"]["start"]
     assert by_name["prefill"]["end"] <= end["token_times"][0] + 1e-3 <= end["ttft"] + 1e-3
     assert by_name["step 0"]["end"] <= by_name["step 7"]["start"] <= by_name["VAE decode"]["start"]
     assert by_name["mp4"]["end"] <= end["video_ready"]

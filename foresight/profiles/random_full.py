@@ -83,7 +83,7 @@ def build_vlm(tokenizer, device: str, dtype: torch.dtype, text: dict = QWEN_7B_T
         vision_start_token_id=token_id("<|vision_start|>"), vision_end_token_id=token_id("<|vision_end|>"),
     )
     with _building(device, dtype):
-        vlm = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
+        vlm = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
     if device != "meta":
         unshowable = torch.ones(text["vocab_size"], dtype=torch.bool, device=device)
         unshowable[:len(tokenizer)] = False
