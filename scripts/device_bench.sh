@@ -11,7 +11,7 @@
 #     importlib_metadata regex
 # Try it here first:   PROFILE=tiny OUT=/tmp/device-out RUNS=1 WHEELS=0 bash scripts/device_bench.sh
 # There, in two calls that fit the per-call limit:
-#   run(command="STEPS='matrix presets' bash scripts/device_bench.sh", carry=[".whl"], timeout_s=570)
+#   run(command="STEPS='matrix syncs presets' bash scripts/device_bench.sh", carry=[".whl"], timeout_s=570)
 #   run(command="STEPS=tests bash scripts/device_bench.sh", carry=[".whl"], timeout_s=300)
 # (On 2026-11-27 five matrix variants alone took 446 s: keep the matrix short.)
 #
@@ -21,16 +21,19 @@
 #            compiled video path); compiled last, as compiling changes the models for good;
 #            then Qwen's processor and generate up to the first token under cProfile and torch.profiler
 #            (profile.txt: where the 0.3 s before the first token goes)
+#   syncs:   Qwen's device syncs before the first token, transformers' own path against the
+#            pipeline's (scripts/qwen_syncs.py, seconds)
 #   presets: fast and high, both modes, in VARIANT (the defaults, unless set)
 #   tests:   the suite without the browser tests, on CUDA, in the tiny profile
-# Output (at most 8 files come back): summary.md, matrix.json, presets.json, profile.txt, *.log, traces.tar.gz.
+# Output (at most 8 files come back per call): summary.md, matrix.json, presets.json, profile.txt,
+# traces.tar.gz and each step's log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-random-full}
 OUT=${OUT:-device-out}
 RUNS=${RUNS:-3}
 TOKENS=${TOKENS:-128}  # enough to span the video and then some
-STEPS=${STEPS:-matrix presets tests}
+STEPS=${STEPS:-matrix syncs presets tests}
 MATRIX=${MATRIX:-static:streams:45:2 static:streams:45:2:early static:streams:45:2:compiled}
 VARIANT=${VARIANT:-}
 mkdir -p "$OUT/traces"
@@ -57,6 +60,7 @@ variants=(); for v in $MATRIX; do variants+=(--variant "$v"); done
 step matrix python3 -m foresight bench --profile "$PROFILE" --preset default --mode fused,text "${variants[@]}" \
   --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/matrix.json" --trace "$OUT/traces" \
   --profile-first-token "$OUT/profile.txt"
+step syncs env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python3 scripts/qwen_syncs.py
 preset_variant=(); [ -n "$VARIANT" ] && preset_variant=(--variant "$VARIANT")
 step presets python3 -m foresight bench --profile "$PROFILE" --preset fast --preset high --mode fused,text \
   "${preset_variant[@]}" --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/presets.json" --trace "$OUT/traces"
