@@ -103,7 +103,8 @@ class Settings:
     schedule: str = "shared"
     # Fused mode: DINOv2 reads the image beside the prefill (it needs none) instead of after it.
     # Off until measured on a GPU: it shortens the video's path by DINOv2's time, if the prefill
-    # leaves the GPU room; on the 2-core CPU it delayed the first text (docs/BENCHMARKS.md).
+    # leaves the GPU room; on the 2-core CPU it delayed the first text (docs/BENCHMARKS.md). Meant
+    # for the `streams` schedule: on one shared stream its kernels queue ahead of the prefill's.
     vision_early: bool = False
     # While the video renders, the text is held to this many tokens a second (0: not held), so the
     # video gets the GPU; it runs at full speed before and after. 45 on CUDA: well ahead of any

@@ -298,6 +298,8 @@ class ForesightPipeline:
             run.pacer.release()
             for job in jobs:
                 job.exception()  # waits; the workers report their own failures as messages
+            if patch_tokens is not None and not patch_tokens.cancel():  # DINOv2 begun early: none after the run
+                patch_tokens.exception()
 
     def _think(self, run: Run, image, prompt: str, capture_states: bool) -> None:
         """The thinker's work: Qwen's prefill and streamed decode, reported as messages."""

@@ -142,6 +142,28 @@ def test_qwen_vision_tower_run_outside_generate_gives_generates_own_result(model
     assert "".join(texts) == models.vlm_processor.tokenizer.decode(ids, skip_special_tokens=True) != ""
 
 
+def test_qwen_vision_tower_uses_the_layout_handed_in_instead_of_working_it_out(models, photo, monkeypatch):
+    """Unknown `image_*` names would be passed on and ignored, the tower silently working out its
+    own layout (on a GPU, with its syncs): every layout function must find its value handed in."""
+    import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl as qwen
+
+    worked_out = []
+    for name, keys in (("get_vision_position_ids", ["position_ids"]), ("get_vision_attention_seqlens", ["cu_seqlens"]),
+                       ("get_vision_window_index", ["window_index", "cu_window_seqlens"])):
+        def probe(*args, _layout=getattr(qwen, name), _name=name, _keys=keys, **kwargs):
+            if not all(key in kwargs["kwargs"] for key in _keys):
+                worked_out.append(_name)
+            return _layout(*args, **kwargs)
+        monkeypatch.setattr(qwen, name, probe)
+    inputs = vlm_stage.build_inputs(models, photo, "")
+    with torch.inference_mode():
+        models.vlm(**inputs)
+        assert len(worked_out) == 3, "the probe sees the tower work its layout out when given pixels"
+        worked_out.clear()
+        models.vlm(**vlm_stage.encode_image(models, inputs))
+    assert worked_out == []
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="device syncs exist only on a GPU")
 def test_qwen_vision_tower_waits_for_the_gpu_once_not_at_every_layer(models, photo):
     import warnings
@@ -159,7 +181,7 @@ def test_qwen_vision_tower_waits_for_the_gpu_once_not_at_every_layer(models, pho
                 run()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        return len(caught)
+        return sum("synchronizing CUDA operation" in str(warning.message) for warning in caught)
 
     ours = syncs(lambda: vlm_stage.encode_image(models, inputs))
     own = syncs(lambda: models.vlm.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]))

@@ -63,7 +63,7 @@ def test_the_run_records_where_its_time_went(pipe, photo, tmp_path):
     assert all(span["track"] in ("text", "video", "host") and 0 <= span["start"] <= span["end"] <= end["t"]
                for span in end["spans"])
     by_name = {span["name"]: span for span in end["spans"]}
-    assert by_name["Qwen vision tower"]["end"] <= by_name["prefill"]["start"]
+    assert by_name["Qwen vision tower"]["end"] <= by_name["prefill"]["start"] + 1e-3  # a GPU end, a CPU start
     assert by_name["prefill"]["end"] <= end["token_times"][0] + 1e-3 <= end["ttft"] + 1e-3
     assert by_name["step 0"]["end"] <= by_name["step 7"]["start"] <= by_name["VAE decode"]["start"]
     assert by_name["mp4"]["end"] <= end["video_ready"]

@@ -112,6 +112,30 @@ def test_dinov2_early_reads_the_image_beside_the_prefill_and_makes_the_same_vide
     assert protocol(early) == protocol(late)
 
 
+def test_dinov2_begun_early_ends_with_its_run(models, photo, tmp_path):
+    """A run stopped before its first token leaves no DINOv2 work behind on the renderer."""
+    calls = []
+
+    def slow(module, args):
+        calls.append("started")
+        time.sleep(0.3)
+
+    hooks = [models.vision.register_forward_pre_hook(slow),
+             models.vision.register_forward_hook(lambda module, args, output: calls.append("finished"))]
+    try:
+        stop = threading.Event()
+        stop.set()  # Stop pressed while the run waited in the queue
+        events = run_events(ForesightPipeline(with_settings(models, vision_early=True)), photo, mode="fused", seed=1,
+                            out_dir=tmp_path, stop=stop)
+        ended_with = list(calls)
+        time.sleep(0.5)  # long enough for work left behind to begin
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert events[-1]["stopped"] and not events[-1]["video_url"]
+    assert ended_with in ([], ["started", "finished"]) and calls == ended_with, (ended_with, calls)
+
+
 def test_the_compiled_video_path_compiles_once_and_makes_the_same_video(models, photo, tmp_path):
     """On CUDA the warm-up pays this compile; here the same compile runs on the CPU. It compiles the
     loaded modules for good, so it runs on a copy of the tiny models."""
