@@ -28,7 +28,8 @@ def vision_tokens(models, image: Image.Image) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def fused_conditioning(models, patch_tokens: torch.Tensor, vlm_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_conditioning(models, patch_tokens: torch.Tensor,
+                       vlm_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """DINOv2 patch tokens (`vision_tokens`) + VLM prefill states -> the bridge -> (prompt_embeds,
     prompt_attention_mask)."""
     bridge_dtype = next(models.bridge.parameters()).dtype

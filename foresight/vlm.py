@@ -53,10 +53,10 @@ def encode_image(models, inputs) -> dict:
 
     Run this way, not inside `generate`, for one reason: with SDPA (how `models.py` loads Qwen) the
     tower splits its windowed attention at window boundaries it reads back from the GPU three times
-    a layer (96 device syncs an image, each one waiting for the GPU to drain). Here the same
-    boundaries, window order and positions are computed on the CPU copy of the grid by
-    transformers' own `vision_utils` and handed in as its precomputed `image_*` inputs (kept on the
-    CPU, the boundaries are read without a sync); the outputs are identical.
+    a layer (96 device syncs an image; at each layer the CPU waits for the GPU to drain). Here the
+    same boundaries, window order and positions are computed on the CPU copy of the grid by
+    transformers' own `vision_utils` and handed in as its precomputed `image_*` inputs (kept on
+    the CPU, the boundaries are read without a sync); the outputs are identical.
     """
     if "pixel_values" not in inputs:
         return inputs
@@ -67,10 +67,11 @@ def encode_image(models, inputs) -> dict:
     window_index, cu_window_seqlens = get_vision_window_index(
         grid, spatial_merge_size=vision.spatial_merge_size, window_size=vision.window_size,
         patch_size=vision.patch_size)
+    positions = get_vision_position_ids(grid, vision.spatial_merge_size)
     image = vlm.model.get_image_features(
         pixels, grid, return_dict=True, image_cu_seqlens=cu_seqlens, image_cu_window_seqlens=cu_window_seqlens,
         image_window_index=window_index.to(pixels.device, non_blocking=True),
-        image_position_ids=get_vision_position_ids(grid, vision.spatial_merge_size).to(pixels.device, non_blocking=True))
+        image_position_ids=positions.to(pixels.device, non_blocking=True))
     return {**{key: value for key, value in inputs.items() if key != "pixel_values"},
             "mm_encoder_outputs": {"image": image}}
 
