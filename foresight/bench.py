@@ -9,6 +9,7 @@ models. `--trace DIR` writes one run's timeline per preset, mode and variant.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
@@ -17,6 +18,7 @@ import re
 import statistics
 import tempfile
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,6 +59,21 @@ def text_alone(pipe, image, preset: str) -> float:
     """Decode speed with no video: the same pipeline run (same worker thread), without the renderer."""
     times = list(pipe(image, preset=preset, seed=0, video=False))[-1]["token_times"]
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
+
+
+def device_syncs(run) -> collections.Counter:
+    """Where `run()` makes the CPU wait for the GPU: {source line: times}, as torch reports its
+    synchronizing CUDA calls (`set_sync_debug_mode`). CUDA only."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return collections.Counter(f"{w.filename.split('site-packages/')[-1]}:{w.lineno}" for w in caught
+                               if "synchronizing CUDA operation" in str(w.message))
 
 
 def profile_first_token(models, image, path: Path) -> Path:

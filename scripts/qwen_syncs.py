@@ -16,14 +16,13 @@ import collections
 import dataclasses
 import threading
 import traceback
-import warnings
 
 import torch
 from PIL import Image
 from torch.overrides import TorchFunctionMode
-from transformers.generation.streamers import BaseStreamer
 
 from foresight import vlm as vlm_stage
+from foresight.bench import device_syncs
 from foresight.profiles import load, make_settings
 from foresight.profiles.random_full import QWEN_7B_TEXT, QWEN_7B_VISION, build_vlm
 
@@ -42,56 +41,20 @@ class CountReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-class First(Exception):
-    """Raised at the first generated token: everything before it has run."""
-
-
-class StopAtFirstToken(BaseStreamer):
-    def __init__(self):
-        self.prompt = True
-
-    def put(self, value):
-        if self.prompt:  # generate hands over the prompt first
-            self.prompt = False
-            return
-        raise First
-
-    def end(self):
-        pass
-
-
-def generate_given_pixels(models, inputs) -> None:
-    try:
-        models.vlm.generate(**inputs, max_new_tokens=2, streamer=StopAtFirstToken())
-    except First:
-        pass
+def generate_given_pixels(models, inputs) -> None:  # one new token: the prefill and its token
+    models.vlm.generate(**inputs, max_new_tokens=1)
 
 
 def pipeline_path(models, inputs) -> None:
-    def on_token():
-        raise First
-
-    try:
-        vlm_stage.stream_reasoning(models, inputs, lambda text: None, threading.Event(), on_token=on_token,
-                                   max_new_tokens=2)
-    except First:
-        pass
+    vlm_stage.stream_reasoning(models, inputs, lambda text: None, threading.Event(), max_new_tokens=1)
 
 
 def count(run, cuda: bool) -> collections.Counter:
-    if not cuda:
-        with CountReads() as mode:
-            run()
-        return mode.where
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            run()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    return collections.Counter(f"{w.filename.split('site-packages/')[-1]}:{w.lineno}" for w in caught)
+    if cuda:
+        return device_syncs(run)
+    with CountReads() as mode:
+        run()
+    return mode.where
 
 
 def main() -> None:

@@ -166,25 +166,15 @@ def test_qwen_vision_tower_uses_the_layout_handed_in_instead_of_working_it_out(m
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="device syncs exist only on a GPU")
 def test_qwen_vision_tower_waits_for_the_gpu_once_not_at_every_layer(models, photo):
-    import warnings
+    from foresight.bench import device_syncs
 
     if not models.settings.device.startswith("cuda"):
         pytest.skip("the models are on the CPU")
     inputs = vlm_stage.build_inputs(with_settings(models, vlm_max_pixels=448 * 448), photo, "")
-
-    def syncs(run) -> int:
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            with warnings.catch_warnings(record=True) as caught, torch.inference_mode():
-                warnings.simplefilter("always")
-                run()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        return sum("synchronizing CUDA operation" in str(warning.message) for warning in caught)
-
-    ours = syncs(lambda: vlm_stage.encode_image(models, inputs))
-    own = syncs(lambda: models.vlm.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]))
+    with torch.inference_mode():
+        ours = sum(device_syncs(lambda: vlm_stage.encode_image(models, inputs)).values())
+        own = sum(device_syncs(lambda: models.vlm.model.get_image_features(inputs["pixel_values"],
+                                                                           inputs["image_grid_thw"])).values())
     assert ours <= 1 and own >= 3 * models.vlm.config.vision_config.depth, (ours, own)
 
 
