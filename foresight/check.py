@@ -3,7 +3,9 @@
 Runs one shipped example at the `fast` preset through the pipeline, as the app does, and checks
 what must hold with the real weights: a prediction line, a first frame close to the input (the
 video is conditioned on it), frames that move without turning into noise, a last preview close to
-the final frame, the mp4. With random weights (the `tiny` and `random-full` profiles) the checks
+the final frame, the mp4. First it reports what was checked as the LTX single file loaded (its
+type as diffusers reads it, every key used and none missing, its own config against the configs
+it is loaded with, the VAE's padding). With random weights (the `tiny` and `random-full` profiles) the checks
 that depend on what the models learned are reported as not meaningful instead of failing.
 Exit code 0 when every meaningful check passes, else 1.
 """
@@ -79,7 +81,7 @@ def run_checks(models, image=EXAMPLE, log: Callable[[str], None] = print) -> lis
         status = NOT_MEANINGFUL if needs_trained_weights and random_weights else ("pass" if ok else "fail")
         return Check(name, value, status, needs_trained_weights)
 
-    results = [
+    results = load_checks(models) + [
         check("a run without errors", "; ".join(errors) or "none", not errors and end["type"] == "thinking_complete"),
         check("text streams", f"{end.get('tokens', 0)} tokens", bool(end.get("text"))),
         check("mp4 decodes to the preset's frames", "none" if mp4_frames is None else
@@ -113,6 +115,15 @@ def run_checks(models, image=EXAMPLE, log: Callable[[str], None] = print) -> lis
     if cuda:
         results.append(Check("peak GPU memory", f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", "info"))
     return results
+
+
+def load_checks(models) -> list[Check]:
+    """What was checked as the LTX single file loaded (`ltx_checkpoint.verify`): its type as
+    diffusers reads it, its keys, its own config, the VAE's padding."""
+    if not models.video_checks:
+        source = "built in memory" if models.settings.profile == "random-full" else "a diffusers folder"
+        return [Check("LTX single file", f"none: the video model is {source}", "info")]
+    return [Check(f.name, f.value, "pass" if f.ok else "fail") for f in models.video_checks]
 
 
 def format_report(results: list[Check]) -> str:

@@ -49,21 +49,29 @@ class ModelIds:
 
 @dataclass(frozen=True)
 class VideoSampling:
-    """How the distilled LTX checkpoints are sampled: their own timesteps, no guidance.
+    """How the distilled LTX checkpoints are sampled, as their authors run them.
 
-    Sources: diffusers' LTX-Video documentation (docs/source/en/api/pipelines/ltx_video.md, the
-    0.9.7/0.9.8 distilled examples with `LTXConditionPipeline`) gives these timesteps with
-    `guidance_scale=1.0`, `decode_timestep=0.05`, `decode_noise_scale=0.025` and
-    `image_cond_noise_scale=0.0`; its usage notes say guidance-distilled variants take guidance 1
-    and timestep-aware VAEs (0.9.1 and later) decode at timestep 0.05. The timesteps are used as
-    given: the scheduler runs without dynamic or terminal shifting (`video.sampling_scheduler`).
+    Sources: the LTX-Video authors' `configs/ltxv-2b-0.9.8-distilled.yaml` (first pass: these seven
+    timesteps as sigmas x 1000, guidance 1, `decode_timestep` 0.05, `decode_noise_scale` 0.025) and
+    `ltx_video/inference.py` (`image_cond_noise_scale` 0.15, and the condition image blurred and
+    passed once through H.264 "for getting more motion in image-to-video": `condition_crf`).
+    diffusers' LTX-Video docs give the same first pass with an eighth step from 0.03 to 0, which
+    moves the latents by 0.00003 of a velocity (docs/BENCHMARKS.md) for a whole transformer pass,
+    and `image_cond_noise_scale` 0; where the two differ, the authors' values are used. Only the
+    first pass runs (the authors' multi-scale second pass and latent upsampler do not).
+    The timesteps are used as given: the scheduler runs without shifting (`models.prepare_video_pipeline`).
     """
 
-    timesteps: tuple[float, ...] = (1000, 993, 987, 981, 975, 909, 725, 0.03)
+    timesteps: tuple[float, ...] = (1000.0, 993.7, 987.5, 981.2, 975.0, 909.4, 725.0)
     guidance_scale: float = 1.0
     decode_timestep: float = 0.05
     decode_noise_scale: float = 0.025
-    image_cond_noise_scale: float = 0.0
+    # Noise on the condition frame's latents at every step, times sigma^2 ("helps with motion
+    # continuity, especially when conditioned on a single frame": the authors' pipeline docstring).
+    image_cond_noise_scale: float = 0.15
+    # The condition image is blurred (3x3 Gaussian, sigma 1) and round-tripped through one H.264
+    # frame at this CRF before it is encoded (the authors' `crf_compressor.compress`); 0: neither.
+    condition_crf: int = 29
     max_sequence_length: int = 128  # T5 tokens for `text` mode's prompt
 
     @property
@@ -88,8 +96,8 @@ class Settings:
     vlm_min_pixels: int = 28 * 28 * 4
     hidden_layer: int = -3  # the decoder layer whose prefill output feeds the bridge (HunyuanVideo's choice)
     bridge_layout: dict = field(default_factory=dict)  # BridgeConfig sizes for new bridges; {} = full size
-    # `text` mode: the video waits for the prediction line; past this many tokens without one, the
-    # text so far is the prediction.
+    # `text` mode: the video waits for the prediction line (at most `vlm.PREDICTION_WORDS` words, about
+    # 40 tokens); past this many tokens without one, the text so far is the prediction.
     prediction_max_tokens: int = 60
     # Load T5-XXL (9.5 GB) for `text` mode. Off, it is skipped whenever a bridge can run `fused` mode.
     text_mode: bool = True

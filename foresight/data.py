@@ -20,14 +20,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from foresight.config import PRESETS, Preset, base_models, cache_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv"}
 SHARD_SIZE = 64
-FEATURES_VERSION = 3  # bump when what the features are made from changes in a way the key cannot see
+FEATURES_VERSION = 4  # bump when what the features are made from changes in a way the key cannot see
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,11 @@ def read_captions(path: str | Path) -> dict[str, str]:
 
 
 def square(image: Image.Image, preset: Preset) -> Image.Image:
-    """A clip's frames are cropped to the preset's square, so that a batch's latents share one shape."""
-    return ImageOps.fit(image.convert("RGB"), (preset.width, preset.height), Image.Resampling.LANCZOS)
+    """A clip's frames fitted to the preset's square (as a condition image is fitted), so that a
+    batch's latents share one shape."""
+    from foresight.inputs import crop_and_resize
+
+    return crop_and_resize(image.convert("RGB"), preset.width, preset.height)
 
 
 def read_clip(path: Path, preset: Preset) -> np.ndarray:
@@ -111,7 +114,8 @@ def item_features(models, item: Item, objective: str, preset: Preset, num_tokens
         embeds, mask = video_stage.text_conditioning(models, caption, max_sequence_length=num_tokens)
         features.update(target=embeds[0], target_mask=mask[0].to(torch.uint8))
     else:
-        features["latents"] = clip_latents(models.video_pipeline, read_clip(item.path, preset))
+        features["latents"] = clip_latents(models.video_pipeline, read_clip(item.path, preset),
+                                           models.settings.sampling.condition_crf)
     return {k: v.detach().to("cpu", torch.bfloat16 if v.is_floating_point() else v.dtype).contiguous()
             for k, v in features.items()}
 
@@ -130,12 +134,26 @@ def own_prediction(models, inputs, static_cache=None) -> tuple[str, torch.Tensor
 
 
 @torch.inference_mode()
-def clip_latents(pipe, frames: np.ndarray) -> torch.Tensor:
-    """LTX's VAE latents of a clip, normalised as the pipeline's own latents are: [C, F', H', W']."""
+def clip_latents(pipe, frames: np.ndarray, condition_crf: int) -> torch.Tensor:
+    """LTX's VAE latents of a clip, normalised as the pipeline's own latents are: [C, F', H', W'].
+
+    The first latent frame (the image condition, kept clean in training) is the VAE's encoding of
+    the first frame prepared as the renderer prepares its condition image (`video.prepare_condition`),
+    so the bridge learns against the condition it is served with. The causal VAE encodes its first
+    latent frame from the first picture alone, so the others are unchanged."""
+    from foresight.video import prepare_condition
+
+    condition = np.array(prepare_condition(Image.fromarray(frames[0]), condition_crf))[None]
+    latents = [_encode(pipe, clip) for clip in (frames, condition)]
+    latents[0][:, :, :1] = latents[1]
+    return latents[0][0]
+
+
+def _encode(pipe, frames: np.ndarray) -> torch.Tensor:
     video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].to(pipe.vae.device, pipe.vae.dtype) / 127.5 - 1
     latents = pipe.vae.encode(video).latent_dist.mode()
     return pipe._normalize_latents(latents, pipe.vae.latents_mean, pipe.vae.latents_std,
-                                   pipe.vae.config.scaling_factor)[0]
+                                   pipe.vae.config.scaling_factor)
 
 
 def features_key(models, items: list[Item], objective: str, preset: str, num_tokens: int) -> str:
@@ -147,6 +165,7 @@ def features_key(models, items: list[Item], objective: str, preset: str, num_tok
     h = hashlib.sha256(json.dumps([FEATURES_VERSION, base_models(settings), str(settings.models_dir),
                                    settings.profile, SYSTEM_PROMPT, settings.vlm_min_pixels, settings.vlm_max_pixels,
                                    settings.hidden_layer, objective, preset if objective == "video" else None,
+                                   settings.sampling.condition_crf if objective == "video" else None,
                                    num_tokens]).encode())
     for item in items:
         stat = item.path.stat()

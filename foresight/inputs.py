@@ -132,4 +132,17 @@ def video_view(image: Image.Image, preset: Preset, notes: list[str] | None = Non
                      f"({share:.0%} of it) for the video." if aspect > 1 else
                      f"The {image.width}×{image.height} image is taller than 1:3 and was centre-cropped to 1:3 "
                      f"({share:.0%} of it) for the video.")
-    return ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
+    return crop_and_resize(image, width, height)
+
+
+def crop_and_resize(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Centre-cropped to the target's aspect ratio, then resized with PIL's bicubic filter: how LTX's
+    authors fit a condition image (`ltx_video/inference.py`, `load_image_to_tensor_with_resize_and_crop`)."""
+    target = width / height
+    if image.width / image.height > target:
+        crop_width, crop_height = int(image.height * target), image.height
+    else:
+        crop_width, crop_height = image.width, int(image.width / target)
+    left, top = (image.width - crop_width) // 2, (image.height - crop_height) // 2
+    return image.crop((left, top, left + crop_width, top + crop_height)).resize((width, height),
+                                                                               Image.Resampling.BICUBIC)

@@ -20,6 +20,27 @@ os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
 
 
+def h264_round_trip(rgb: np.ndarray, crf: int) -> np.ndarray:
+    """One [H, W, 3] uint8 frame (even sides) through H.264 and back: what LTX's authors do to the
+    condition image (`ltx_video/pipelines/crf_compressor.py`: PyAV, libx264 at this CRF, preset
+    veryfast, yuv420p, one frame at rate 1), in memory."""
+    import av
+
+    with io.BytesIO() as mp4:
+        container = av.open(mp4, "w", format="mp4")
+        try:
+            stream = container.add_stream("libx264", rate=1, options={"crf": str(crf), "preset": "veryfast"})
+            stream.height, stream.width = rgb.shape[:2]
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+            container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        finally:
+            container.close()
+        encoded = mp4.getvalue()
+    with io.BytesIO(encoded) as mp4, av.open(mp4) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+
 def jpeg_base64(rgb: np.ndarray, quality: int = 85) -> str:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +15,7 @@ import torch
 
 from foresight.bridge import Bridge, find_bridge_checkpoint, load_bridge
 from foresight.config import Settings, base_models, resolve
+from foresight.ltx_checkpoint import Finding, apply_padding, padding_of, read_header, verify
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Models:
     bridge: Bridge | None  # None: no trained weights for these base models, `fused` mode unavailable
     bridge_note: str  # what was (or was not) loaded, for the page and the logs
     settings: Settings
+    video_checks: list[Finding] = field(default_factory=list)  # the LTX single file, checked as it loaded
 
     @property
     def modes(self) -> list[str]:
@@ -73,9 +75,10 @@ def load_models(settings: Settings, log: Callable[[str], None] = print,
     with_t5 = needs_text_encoder(settings, bridge is not None, load_text_encoder)
     if not with_t5:
         log("[foresight] text mode off: T5-XXL is not loaded")
-    video_pipeline = step("video model", ids.video_single_file or ids.video,
-                          lambda: load_video_pipeline(settings, with_t5))
-    return Models(vlm_processor, vlm, vision_processor, vision, video_pipeline, bridge, bridge_note, settings)
+    video_pipeline, video_checks = step("video model", ids.video_single_file or ids.video,
+                                        lambda: load_video_pipeline(settings, with_t5))
+    return Models(vlm_processor, vlm, vision_processor, vision, video_pipeline, bridge, bridge_note, settings,
+                  video_checks)
 
 
 def load_bridge_for(settings: Settings) -> tuple[Bridge | None, str]:
@@ -93,24 +96,47 @@ def needs_text_encoder(settings: Settings, bridge_loaded: bool, forced: bool | N
     return forced if forced is not None else settings.text_mode or not bridge_loaded
 
 
-def load_video_pipeline(settings: Settings, load_text_encoder: bool = True):
-    """LTX image-to-video (LTXConditionPipeline); a single-file transformer (and VAE, if the file has one)."""
-    from diffusers import AutoencoderKLLTXVideo, LTXConditionPipeline, LTXVideoTransformer3DModel
+def load_video_pipeline(settings: Settings, load_text_encoder: bool = True) -> tuple[Any, list[Finding]]:
+    """LTX image-to-video (LTXConditionPipeline); a single-file transformer (and VAE, if the file has
+    one), checked against the file as loaded (`ltx_checkpoint.verify`, CheckpointError when it does
+    not fit) -> (the pipeline, what the check found)."""
+    from diffusers import LTXConditionPipeline
 
     dtype, ids = torch_dtype(settings), settings.model_ids
     folder = resolve(settings, ids.video)
-    parts: dict[str, Any] = {}
-    if ids.video_single_file:
-        single_file = _local_single_file(settings, ids.video_single_file)
-        parts["transformer"] = LTXVideoTransformer3DModel.from_single_file(
-            single_file, config=folder, subfolder="transformer", dtype=dtype)
-        if _has_vae_weights(single_file):
-            parts["vae"] = AutoencoderKLLTXVideo.from_single_file(single_file, config=folder, subfolder="vae",
-                                                                  dtype=dtype)
+    parts, checks = (_load_single_file(settings, folder, dtype) if ids.video_single_file else ({}, []))
     if not load_text_encoder:
         parts.update(text_encoder=None, tokenizer=None)
     pipeline = LTXConditionPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True, **parts)
-    return prepare_video_pipeline(pipeline.to(settings.device))
+    return prepare_video_pipeline(pipeline.to(settings.device)), checks
+
+
+def _load_single_file(settings: Settings, folder: str, dtype: torch.dtype) -> tuple[dict[str, Any], list[Finding]]:
+    """The transformer (and the VAE, when the file holds one) from the original-format single file,
+    with the configs of `folder`: checked before any weight is read, against the models those
+    configs build, then loaded, the VAE padded as the file's own config says."""
+    from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
+
+    single_file = _local_single_file(settings, settings.model_ids.video_single_file)
+    header = read_header(single_file)
+    classes = {"transformer": LTXVideoTransformer3DModel}
+    if any(key.startswith("vae.") for key in header[0]):
+        classes["vae"] = AutoencoderKLLTXVideo
+    empty = {name: _empty_model(cls, folder, name) for name, cls in classes.items()}
+    checks = verify(single_file, header, settings.model_ids.video, empty["transformer"], empty.get("vae"))
+    parts = {name: cls.from_single_file(single_file, config=folder, subfolder=name, dtype=dtype)
+             for name, cls in classes.items()}
+    if "vae" in parts:
+        apply_padding(parts["vae"], padding_of(header[1]))
+    return parts, checks
+
+
+def _empty_model(cls, folder: str, subfolder: str):
+    """The model `folder`'s config builds, without weights (for its parameter names and config)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return cls.from_config(cls.load_config(folder, subfolder=subfolder))
 
 
 def prepare_video_pipeline(pipeline):
@@ -139,11 +165,3 @@ def _local_single_file(settings: Settings, spec: str) -> str:
 
     owner, repo, filename = spec.split("/", 2)
     return hf_hub_download(f"{owner}/{repo}", filename)
-
-
-def _has_vae_weights(path: str) -> bool:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        return any(key.startswith("vae.") for key in f.keys())
-

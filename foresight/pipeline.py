@@ -47,7 +47,7 @@ from foresight.scheduling import HostCopier, Pacer, use_stream, worker_streams
 from foresight.trace import Trace
 
 FALLBACK_PREDICTION = "The scene continues naturally."
-PREDICTION_MAX_CHARS = 200  # a prediction made of the text so far, when no line came, is cut here
+PREDICTION_MAX_CHARS = 320  # a prediction (30 words, vlm.PREDICTION_WORDS) is cut here
 
 
 @dataclass
@@ -64,6 +64,7 @@ class VideoJob:
 
     preset: Preset
     condition_image: object  # PIL image fitted to the preset: the clip's first frame
+    prepared: Future | None  # the condition image as LTX's authors prepare it, begun early (None: prepare it)
     image: object  # PIL image as loaded: what DINOv2 and Qwen see
     question: str = ""
     prompt: str | None = None  # text mode: the prediction line
@@ -213,6 +214,8 @@ class ForesightPipeline:
         rendering: VideoJob | None = None
         video_start = None
         patch_tokens = None
+        # The condition image's preparation needs nothing but the image: it runs on the copier while Qwen prefills.
+        prepared = self._copier.submit(self._prepare, run, condition_image) if video else None
 
         def start_video(job: VideoJob) -> None:
             nonlocal rendering, video_start
@@ -221,7 +224,8 @@ class ForesightPipeline:
             jobs.append(renderer.submit(self._render, run, job, seed, mp4_path, frame_events))
 
         def video_job(**conditioning) -> VideoJob:
-            return VideoJob(PRESETS[preset], condition_image, image, prompt, patch_tokens=patch_tokens, **conditioning)
+            return VideoJob(PRESETS[preset], condition_image, prepared, image, prompt, patch_tokens=patch_tokens,
+                            **conditioning)
 
         def text_job(line: str) -> VideoJob:
             return video_job(prompt=line)
@@ -282,7 +286,7 @@ class ForesightPipeline:
                                     message=f"Out of GPU memory at the {rendering.preset.name} preset; "
                                             f"retrying at {smaller}.")
                         start_video(replace(rendering, preset=PRESETS[smaller],
-                                            condition_image=video_view(image, PRESETS[smaller])))
+                                            condition_image=video_view(image, PRESETS[smaller]), prepared=None))
                 elif kind == "video_failed":
                     run.pacer.release()
                     yield event("error", run.now(), stage="video", recoverable=True,
@@ -298,8 +302,9 @@ class ForesightPipeline:
             run.pacer.release()
             for job in jobs:
                 job.exception()  # waits; the workers report their own failures as messages
-            if patch_tokens is not None and not patch_tokens.cancel():  # DINOv2 begun early: none after the run
-                patch_tokens.exception()
+            for early in (patch_tokens, prepared):  # work begun early: none left after the run
+                if early is not None and not early.cancel():
+                    early.exception()
 
     def _think(self, run: Run, image, prompt: str, capture_states: bool) -> None:
         """The thinker's work: Qwen's prefill and streamed decode, reported as messages."""
@@ -364,7 +369,8 @@ class ForesightPipeline:
                 ready = self._host.ready_marker()  # the decode is queued; the copy waits for it elsewhere
                 previews.append(self._copier.submit(self._post_preview, run, rgb, ready, step, num_steps, preset))
 
-            frames = video_stage.render(models, job.condition_image, preset.num_frames, preset.fps, seed, embeds, mask,
+            condition = job.prepared.result() if job.prepared is not None else self._prepare(run, job.condition_image)
+            frames = video_stage.render(models, condition, preset.num_frames, preset.fps, seed, embeds, mask,
                                         run.stop, on_preview=on_preview, trace=trace)
             for preview in previews:
                 preview.result()
@@ -390,6 +396,11 @@ class ForesightPipeline:
             if mp4 is not None and mp4.exception() is None:  # no video after all: no file either
                 mp4.result().abort()
             run.post("done", worker="video")
+
+    def _prepare(self, run: Run, image):
+        """LTX's condition image as its authors prepare it (blur, one H.264 frame): host work."""
+        with run.trace.span("host", "condition image", gpu=False):
+            return video_stage.prepare_condition(image, self.models.settings.sampling.condition_crf)
 
     def _see(self, run: Run, image) -> torch.Tensor:
         """DINOv2's patch tokens of the image: it needs no prefill, so with `vision_early` it runs beside it."""

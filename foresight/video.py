@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from foresight.media import h264_round_trip
 from foresight.trace import Trace, null_trace
 
 
@@ -70,6 +71,21 @@ def compile_video(pipeline) -> None:
     blocks = pipeline.transformer.transformer_blocks
     if all(getattr(block, "_compiled_call_impl", None) is None for block in blocks):
         pipeline.transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)
+
+
+def prepare_condition(image: Image.Image, crf: int) -> Image.Image:
+    """The condition image as LTX's authors hand it to the VAE (`ltx_video/inference.py`,
+    `load_image_to_tensor_with_resize_and_crop`): blurred with a 3x3 Gaussian of sigma 1
+    (torchvision's, as theirs), scaled to bytes by truncation as they do, then one H.264 frame at
+    `crf` and back (`media.h264_round_trip`), "for getting more motion in image-to-video". `crf` 0:
+    the image as it is. Sides are even (multiples of 32), so nothing is cropped."""
+    if crf <= 0:
+        return image
+    from torchvision.transforms import functional as tvf
+
+    blurred = tvf.gaussian_blur(tvf.to_tensor(image), kernel_size=3, sigma=1.0)
+    rgb = (blurred.permute(1, 2, 0) * 255.0).byte().numpy()
+    return Image.fromarray(h264_round_trip(rgb, crf))
 
 
 class DenoisingEstimate:
@@ -157,7 +173,8 @@ def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
            prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor, stop: threading.Event,
            on_preview: Callable[[int, torch.Tensor], None] = lambda step, rgb: None,
            trace: Trace = null_trace) -> torch.Tensor:
-    """Denoise with LTX, the image as frame 0 -> frames [F, H, W, 3] uint8 on the CPU.
+    """Denoise with LTX, `image` (the condition image, prepared: `prepare_condition`) as frame 0 ->
+    frames [F, H, W, 3] uint8 on the CPU.
 
     `on_preview(step, rgb)` gets previews ([H, W, 3] uint8 on the model's device, still being
     computed there: the caller copies it off the critical path) on the steps of the preview cadence

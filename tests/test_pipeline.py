@@ -27,15 +27,15 @@ def test_events_arrive_in_protocol_order(pipe, photo, tmp_path, mode):
     assert kinds[0] == "thinking_start" and kinds[-1] == "thinking_complete"
     assert "error" not in kinds
     start = events[0]
-    assert start["mode"] == mode and start["preset"] == "fast" and start["num_steps"] == 8
+    assert start["mode"] == mode and start["preset"] == "fast" and start["num_steps"] == 7
     assert start["width"] % 32 == 0 and start["height"] % 32 == 0
     first_text = kinds.index("text_chunk")
     done = kinds.index("video_complete")
     previews = [i for i, ev in enumerate(events) if ev["type"] == "video_frame" and ev["kind"] == "preview"]
     assert first_text < done and previews and previews[0] < done
     steps = [events[i]["step"] for i in previews]
-    assert steps == list(range(8)), "one preview per denoising step, in order"
-    assert all(events[i]["num_steps"] == 8 and events[i]["frame_index"] == 16 for i in previews)
+    assert steps == list(range(7)), "one preview per denoising step, in order"
+    assert all(events[i]["num_steps"] == 7 and events[i]["frame_index"] == 16 for i in previews)
     assert [ev["t"] for ev in events] == sorted(ev["t"] for ev in events)
     frames = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"]
     assert [f["frame_index"] for f in frames] == list(range(17)) and max(previews) < events.index(frames[0])
@@ -50,22 +50,23 @@ def test_events_arrive_in_protocol_order(pipe, photo, tmp_path, mode):
 
 def test_final_frames_are_sent_only_when_asked_for(pipe, photo, tmp_path):
     events = run_events(pipe, photo, seed=3, out_dir=tmp_path)
-    assert [ev["kind"] for ev in events if ev["type"] == "video_frame"] == ["preview"] * 8
+    assert [ev["kind"] for ev in events if ev["type"] == "video_frame"] == ["preview"] * 7
     assert "video_complete" in types(events)
 
 
 def test_the_run_records_where_its_time_went(pipe, photo, tmp_path):
     end = run_events(pipe, photo, mode="fused", seed=3, out_dir=tmp_path)[-1]
     names = [span["name"] for span in end["spans"]]
-    for name in ("load image", "VLM processor", "Qwen vision tower", "prefill", "DINOv2", "bridge", "encode image",
-                 "step 0", "step 7", "preview 0", "VAE decode", "mp4"):
+    for name in ("load image", "VLM processor", "Qwen vision tower", "prefill", "condition image", "DINOv2", "bridge",
+                 "encode image", "step 0", "step 6", "preview 0", "VAE decode", "mp4"):
         assert name in names, name
     assert all(span["track"] in ("text", "video", "host") and 0 <= span["start"] <= span["end"] <= end["t"]
                for span in end["spans"])
     by_name = {span["name"]: span for span in end["spans"]}
     assert by_name["Qwen vision tower"]["end"] <= by_name["prefill"]["start"] + 1e-3  # a GPU end, a CPU start
     assert by_name["prefill"]["end"] <= end["token_times"][0] + 1e-3 <= end["ttft"] + 1e-3
-    assert by_name["step 0"]["end"] <= by_name["step 7"]["start"] <= by_name["VAE decode"]["start"]
+    assert by_name["step 0"]["end"] <= by_name["step 6"]["start"] <= by_name["VAE decode"]["start"]
+    assert by_name["condition image"]["end"] <= by_name["encode image"]["end"]  # prepared before LTX encodes it
     assert by_name["mp4"]["end"] <= end["video_ready"]
 
 

@@ -157,6 +157,7 @@ def test_video_objective_trains_through_the_frozen_transformer(models, clip_set,
     features = FeatureSet.build(models, clip_set, "video", preset="fast", num_tokens=8, folder=tmp_path / "f",
                                 log=lambda m: None)
     assert features[0]["latents"].shape[1] == 3  # 17 frames -> 3 latent frames
+    assert_the_condition_frame_is_prepared_as_served(models, clip_set, features)
     trainer = Trainer(models, features, tmp_path / "video", config(objective="video", steps=6, batch_size=2,
                                                                      val_every=3, val_fraction=0.34))
     before = [p.detach().clone() for p in trainer.bridge.parameters()]
@@ -186,3 +187,21 @@ def test_train_and_eval_from_the_command_line(image_set, trained, tmp_path):
     assert report["held_out_items"] == 4 and 0 < report["val_cosine"] <= 1
     grid = Image.open(tmp_path / "grid.png")
     assert grid.size == (3 * 192, 24 + 2 * 192)
+
+
+def assert_the_condition_frame_is_prepared_as_served(models, clip_set, features):
+    """The clean first latent frame training conditions on is the VAE's encoding of the clip's first
+    frame prepared as the renderer prepares its condition image; the later frames are the clip's."""
+    import torch
+
+    from foresight.config import PRESETS
+    from foresight.data import _encode, read_clip
+    from foresight.video import prepare_condition
+
+    frames = read_clip(clip_set / "clip0.mp4", PRESETS["fast"])
+    prepared = np.array(prepare_condition(Image.fromarray(frames[0]), models.settings.sampling.condition_crf))
+    as_served, raw = _encode(models.video_pipeline, prepared[None])[0], _encode(models.video_pipeline, frames)[0]
+    latents = features[0]["latents"].float()
+    assert torch.allclose(latents[:, :1], as_served.float(), atol=0.05)
+    assert not torch.allclose(latents[:, :1], raw[:, :1].float(), atol=0.05)
+    assert torch.allclose(latents[:, 1:], raw[:, 1:].float(), atol=0.05)

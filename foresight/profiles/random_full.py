@@ -96,9 +96,10 @@ def build_vlm(tokenizer, device: str, dtype: torch.dtype, text: dict = QWEN_7B_T
 
 
 def settings(base: Settings) -> Settings:
-    """A random VLM never writes a prediction line: in `text` mode the video starts after 20 tokens,
-    about the length of a real first line, so that mode's timeline is realistic."""
-    return replace(base, prediction_max_tokens=20)
+    """A random VLM never writes a prediction line: in `text` mode the video starts after 42 tokens,
+    about the length of a real first line (`vlm.PREDICTION_WORDS` words and 'Next:'), so that mode's
+    timeline is realistic."""
+    return replace(base, prediction_max_tokens=42)
 
 
 def build_video_pipeline(tiny_folder, settings: Settings, load_text_encoder: bool):

@@ -18,7 +18,7 @@ import torch
 
 from foresight.config import ModelIds, Settings, base_models, cache_dir
 
-TINY_VERSION = 8  # bump when the layouts below change, so stale caches are rebuilt
+TINY_VERSION = 9  # bump when the layouts below change, so stale caches are rebuilt
 IDS = ModelIds()
 
 # Qwen's special tokens, in the real tokenizer's order.
@@ -199,6 +199,39 @@ TINY_VAE = dict(
 )
 
 
+# The same two miniatures in LTX's authors' own configuration format: what an original single
+# file carries as its metadata (`{"transformer": ..., "vae": ...}`), read by their loaders
+# (`ltx_video.models.transformers.transformer3d`, `...autoencoders.causal_video_autoencoder`).
+AUTHORS_TRANSFORMER = dict(
+    _class_name="Transformer3DModel", activation_fn="gelu-approximate", attention_bias=True, attention_head_dim=8,
+    attention_type="default", caption_channels=32, cross_attention_dim=16, double_self_attention=False, dropout=0.0,
+    in_channels=16, norm_elementwise_affine=False, norm_eps=1e-6, norm_num_groups=32, num_attention_heads=2,
+    num_embeds_ada_norm=1000, num_layers=2, num_vector_embeds=None, only_cross_attention=False, out_channels=16,
+    upcast_attention=False, use_linear_projection=False, qk_norm="rms_norm", standardization_norm="rms_norm",
+    positional_embedding_type="rope", positional_embedding_theta=10000.0, positional_embedding_max_pos=[20, 2048, 2048],
+    timestep_scale_multiplier=1000, causal_temporal_positioning=True,
+)
+AUTHORS_VAE = dict(
+    _class_name="CausalVideoAutoencoder", dims=3, in_channels=3, out_channels=3, latent_channels=16,
+    encoder_blocks=[["res_x", {"num_layers": 1}], ["compress_space_res", {"multiplier": 2}],
+                    ["res_x", {"num_layers": 1}], ["compress_time_res", {"multiplier": 2}],
+                    ["res_x", {"num_layers": 1}], ["compress_all_res", {"multiplier": 8}],
+                    ["res_x", {"num_layers": 0}], ["compress_all_res", {"multiplier": 8}], ["res_x", {"num_layers": 0}]],
+    decoder_blocks=[["res_x", {"num_layers": 1, "inject_noise": False}],
+                    ["compress_all", {"residual": True, "multiplier": 2}],
+                    ["res_x", {"num_layers": 1, "inject_noise": False}],
+                    ["compress_all", {"residual": True, "multiplier": 2}],
+                    ["res_x", {"num_layers": 1, "inject_noise": False}],
+                    ["compress_all", {"residual": True, "multiplier": 2}],
+                    ["res_x", {"num_layers": 1, "inject_noise": False}]],
+    scaling_factor=1.0, norm_layer="pixel_norm", patch_size=4, latent_log_var="uniform", use_quant_conv=False,
+    causal_decoder=False, timestep_conditioning=True, encoder_base_channels=8, decoder_base_channels=4,
+    spatial_padding_mode="zeros",
+)
+# The VAE's per-channel statistics as an original file stores them (diffusers reads two of the five).
+PER_CHANNEL_STATISTICS = ("channel", "mean-of-means", "std-of-means", "mean-of-stds", "mean-of-stds_over_std-of-means")
+
+
 def _tiny_vae():
     from diffusers import AutoencoderKLLTXVideo
 
@@ -216,6 +249,42 @@ def _tiny_transformer(caption_channels: int):
         in_channels=TINY_VAE["latent_channels"], out_channels=TINY_VAE["latent_channels"], num_attention_heads=2,
         attention_head_dim=8, cross_attention_dim=16, num_layers=2, caption_channels=caption_channels,
     ).eval()
+
+
+def authors_single_file() -> dict[str, torch.Tensor]:
+    """An original-format single file's tensors, made by LTX's authors' own model classes (the
+    `ltx-video` package, installed for the tests): their transformer and VAE built from
+    AUTHORS_TRANSFORMER and AUTHORS_VAE, their state dicts under their prefixes, and the five
+    per-channel statistics. Raises ImportError without the package."""
+    import copy
+
+    from ltx_video.models.autoencoders.causal_video_autoencoder import CausalVideoAutoencoder
+    from ltx_video.models.transformers.transformer3d import Transformer3DModel
+
+    transformer = Transformer3DModel.from_config(dict(AUTHORS_TRANSFORMER))
+    vae = CausalVideoAutoencoder.from_config(copy.deepcopy(AUTHORS_VAE))  # it turns lists into tuples in place
+    tensors = {f"model.diffusion_model.{k}": v for k, v in transformer.state_dict().items()}
+    tensors.update({f"vae.{k}": v for k, v in vae.state_dict().items()})
+    channels = AUTHORS_VAE["latent_channels"]
+    statistics = [torch.arange(channels, dtype=torch.float32), torch.randn(channels) * 0.1, torch.rand(channels) + 0.5,
+                  torch.rand(channels) + 0.5, torch.rand(channels) + 0.5]
+    tensors.update({f"vae.per_channel_statistics.{name}": value
+                    for name, value in zip(PER_CHANNEL_STATISTICS, statistics)})
+    return tensors
+
+
+def translated_single_file(caption_channels: int) -> dict[str, torch.Tensor]:
+    """Without the `ltx-video` package (the app needs none): diffusers' miniatures under the
+    original names, by the inverse of diffusers' conversion. A test holds it to the same keys and
+    shapes as `authors_single_file`."""
+    transformer, vae = _tiny_transformer(caption_channels), _tiny_vae()
+    tensors = {original_transformer_key(k): v for k, v in transformer.state_dict().items()}
+    tensors.update({original_vae_key(k): v for k, v in vae.state_dict().items()})
+    channels = TINY_VAE["latent_channels"]
+    tensors.update({f"vae.per_channel_statistics.{name}": value for name, value in
+                    (("channel", torch.arange(channels, dtype=torch.float32)), ("mean-of-stds", torch.rand(channels)),
+                     ("mean-of-stds_over_std-of-means", torch.rand(channels)))})
+    return tensors
 
 
 def original_vae_key(key: str) -> str:
@@ -254,7 +323,9 @@ def original_transformer_key(key: str) -> str:
 def write_tiny_ltx(folder: Path, single_file: Path) -> None:
     """A diffusers LTX folder (the 0.9.5 repo's part: configs, scheduler, T5, its own VAE and
     transformer) plus an original-format single file holding another transformer and VAE (the
-    0.9.8 distilled checkpoint's part), so a test can tell which weights were loaded."""
+    0.9.8 distilled checkpoint's part), so a test can tell which weights were loaded. The single
+    file is written by LTX's authors' own classes where their package is installed, with their
+    configs as its metadata, as a real one carries them."""
     from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline
     from safetensors.torch import save_file
 
@@ -269,12 +340,13 @@ def write_tiny_ltx(folder: Path, single_file: Path) -> None:
     LTXPipeline(scheduler=scheduler, vae=_tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer,
                 transformer=_tiny_transformer(text_encoder.config.d_model)).save_pretrained(folder,
                                                                                            safe_serialization=True)
-    transformer, vae = _tiny_transformer(text_encoder.config.d_model), _tiny_vae()
-    original = {original_transformer_key(k): v.contiguous() for k, v in transformer.state_dict().items()}
-    original.update({original_vae_key(k): v.contiguous() for k, v in vae.state_dict().items()})
+    try:
+        tensors, writer = authors_single_file(), "ltx_video"
+    except ImportError:
+        tensors, writer = translated_single_file(text_encoder.config.d_model), "translated"
     single_file.parent.mkdir(parents=True, exist_ok=True)
-    save_file(original, single_file, metadata={"config": json.dumps(
-        {"transformer": dict(transformer.config), "vae": dict(vae.config)}, default=list)})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, single_file, metadata={
+        "config": json.dumps({"transformer": AUTHORS_TRANSFORMER, "vae": AUTHORS_VAE}), "tiny_writer": writer})
 
 
 def write_tiny_bridge(folder: Path) -> None:

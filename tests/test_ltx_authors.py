@@ -1,0 +1,213 @@
+"""LTX-Video as its authors run it, checked against their own code (the `ltx-video` package, which
+the README's test command installs without its dependencies; the app never imports it).
+
+The tiny single file is written by the authors' model classes; their loaders and diffusers' read the
+same file, and must compute the same thing. Their condition-image preparation is the reference
+for ours. The load check refuses files that do not fit the configs they are loaded with.
+"""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from foresight import video as video_stage
+from foresight.config import PRESETS, ModelIds, VideoSampling
+from foresight.inputs import video_view
+from foresight.ltx_checkpoint import CheckpointError
+from foresight.models import load_video_pipeline
+from foresight.profiles import tiny
+
+from conftest import run_events
+
+
+def single_file(models) -> str:
+    return str(models.settings.models_dir / models.settings.model_ids.video_single_file)
+
+
+def authors_models(path):
+    """The transformer and VAE as the authors' inference.py loads them: from the file, built from its own config."""
+    from ltx_video.models.autoencoders.causal_video_autoencoder import CausalVideoAutoencoder
+    from ltx_video.models.transformers.transformer3d import Transformer3DModel
+
+    return Transformer3DModel.from_pretrained(path).eval(), CausalVideoAutoencoder.from_pretrained(path).eval()
+
+
+# --- the tiny single file is the authors' ----------------------------------------------------------
+
+
+def test_the_tiny_single_file_is_written_by_the_authors_classes_and_the_fallback_matches_it(models):
+    with safe_open(single_file(models), framework="pt") as f:
+        assert f.metadata()["tiny_writer"] == "ltx_video", "the suite's tiny file comes from the authors' classes"
+        written = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+        assert json.loads(f.metadata()["config"]) == {"transformer": tiny.AUTHORS_TRANSFORMER, "vae": tiny.AUTHORS_VAE}
+    translated = tiny.translated_single_file(caption_channels=32)  # what the app writes without the package
+    assert {key: tuple(value.shape) for key, value in translated.items()} == written
+
+
+def test_the_authors_transformer_and_diffusers_give_the_same_velocity(models, photo):
+    """On the same random weights, the inputs LTXConditionPipeline gives: the same output."""
+    pipeline = models.video_pipeline
+    transformer, _ = authors_models(single_file(models))
+    shape = (3, 6, 8)  # latent frames, height, width: 17 frames at 192x256
+    tokens = shape[0] * shape[1] * shape[2]
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, tokens, 16, generator=generator)
+    context, mask = video_stage.text_conditioning(models, "a red square slides to the right")
+    sigma = torch.full((1, tokens), 0.9094)
+    sigma[:, :shape[1] * shape[2]] = 0  # the condition frame
+    coords = video_stage.transformer_coords(pipeline, 1, shape, fps=16)
+    with torch.inference_mode():
+        theirs = transformer(latents, indices_grid=coords, encoder_hidden_states=context, timestep=sigma,
+                             encoder_attention_mask=mask, return_dict=False)[0]
+        ours = pipeline.transformer(hidden_states=latents, encoder_hidden_states=context, timestep=sigma * 1000,
+                                    encoder_attention_mask=mask, video_coords=coords, return_dict=False)[0]
+    assert theirs.abs().mean() > 0.1
+    assert torch.allclose(theirs, ours, atol=1e-5, rtol=1e-5), (theirs - ours).abs().max()
+
+
+def test_the_authors_vae_and_diffusers_encode_and_decode_alike(models):
+    pipeline = models.video_pipeline
+    _, vae = authors_models(single_file(models))
+    latents = torch.randn(1, 16, 3, 6, 8, generator=torch.Generator().manual_seed(1))
+    clip = torch.rand(1, 3, 17, 192, 256, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    timestep = torch.tensor([0.05])
+    with torch.inference_mode():
+        theirs = vae.decode(latents, return_dict=False, target_shape=(1, 3, 17, 192, 256), timestep=timestep)[0]
+        ours = pipeline.vae.decode(latents, timestep, return_dict=False)[0]
+        encoded_theirs = vae.encode(clip).latent_dist.mode()
+        encoded_ours = pipeline.vae.encode(clip).latent_dist.mode()
+    assert theirs.shape == ours.shape == (1, 3, 17, 192, 256) and theirs.abs().mean() > 0.1
+    assert (theirs - ours).abs().max() < 1e-4
+    assert (encoded_theirs - encoded_ours).abs().max() < 1e-3 * encoded_theirs.abs().max()
+
+
+def test_a_vae_padded_as_its_file_says_decodes_as_the_authors_vae_does(models, tmp_path):
+    """diffusers' LTX VAE has no padding setting; the authors' loader pads as the file's config says."""
+    path = tmp_path / "reflect.safetensors"
+    rewrite(models, path, vae_config={"spatial_padding_mode": "reflect"})
+    pipeline, checks = load_video_pipeline(settings_for(models, path), load_text_encoder=False)
+    _, vae = authors_models(str(path))
+    latents = torch.randn(1, 16, 2, 6, 8, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        theirs = vae.decode(latents, return_dict=False, target_shape=(1, 3, 9, 192, 256),
+                            timestep=torch.tensor([0.05]))[0]
+        ours = pipeline.vae.decode(latents, torch.tensor([0.05]), return_dict=False)[0]
+        zero_padded = models.video_pipeline.vae.decode(latents, torch.tensor([0.05]), return_dict=False)[0]
+    assert (theirs - ours).abs().max() < 1e-4
+    assert (theirs - zero_padded).abs().max() > 1e-2, "the padding changes the frames: the check would see a miss"
+    assert {c.name: c.value for c in checks}["LTX VAE padding"] == "reflect"
+
+
+# --- the load check -----------------------------------------------------------------------------
+
+
+def settings_for(models, path):
+    ids = dataclasses.replace(models.settings.model_ids, video_single_file=str(path))
+    return dataclasses.replace(models.settings, model_ids=ids)
+
+
+def rewrite(models, path, drop=(), add=None, transformer_config=None, vae_config=None):
+    """A copy of the tiny single file with keys dropped or added, or its embedded config changed."""
+    tensors = load_file(single_file(models))
+    with safe_open(single_file(models), framework="pt") as f:
+        metadata = dict(f.metadata())
+    config = json.loads(metadata["config"])
+    config["transformer"].update(transformer_config or {})
+    config["vae"].update(vae_config or {})
+    tensors = {k: v for k, v in tensors.items() if k not in drop} | (add or {})
+    save_file(tensors, str(path), metadata={**metadata, "config": json.dumps(config)})
+
+
+def test_the_shipped_file_passes_every_load_check(models):
+    checks = {c.name: c for c in models.video_checks}
+    assert list(checks) == ["LTX file type", "LTX file keys", "LTX file config", "LTX VAE padding"]
+    assert all(c.ok for c in checks.values())
+    assert "ltx-video-0.9.5" in checks["LTX file type"].value
+    assert "all used, none missing" in checks["LTX file keys"].value
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(add={"model.diffusion_model.extra_block.weight": torch.zeros(4)}),
+     "transformer keys unused: extra_block.weight"),
+    (dict(drop=("vae.decoder.conv_in.conv.weight",)), "VAE keys missing: decoder.conv_in.conv.weight"),
+    (dict(vae_config={"timestep_conditioning": False}), "VAE timestep_conditioning is False in the file, True as loaded"),
+    (dict(transformer_config={"num_attention_heads": 4, "attention_head_dim": 4}),
+     "transformer num_attention_heads is 4 in the file, 2 as loaded"),
+    (dict(transformer_config={"causal_temporal_positioning": False}), "causal_temporal_positioning is False"),
+], ids=["unused key", "missing key", "timestep conditioning", "head layout", "frame positions"])
+def test_a_file_that_does_not_fit_its_configs_is_refused_with_what_differs(models, tmp_path, change, message):
+    path = tmp_path / "changed.safetensors"
+    rewrite(models, path, **change)
+    with pytest.raises(CheckpointError, match="does not fit the configs") as refused:
+        load_video_pipeline(settings_for(models, path), load_text_encoder=False)
+    assert message in str(refused.value)
+
+
+def test_a_file_of_another_family_is_refused(models, tmp_path):
+    """diffusers tells a 0.9.7/0.9.8 13B file by its 48th block; its configs are another repo's."""
+    path = tmp_path / "other.safetensors"
+    rewrite(models, path, add={"model.diffusion_model.transformer_blocks.47.scale_shift_table": torch.zeros(6, 16)})
+    with pytest.raises(CheckpointError, match="reads it as ltx-video-0.9.7"):
+        load_video_pipeline(settings_for(models, path), load_text_encoder=False)
+
+
+# --- the condition image --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size, preset", [((320, 240), "fast"), ((700, 300), "default"), ((1000, 250), "fast")])
+def test_the_condition_image_is_prepared_as_the_authors_prepare_it(photo, size, preset):
+    """Crop, bicubic resize, blur and one H.264 frame at CRF 29: pixel for pixel what the authors'
+    `load_image_to_tensor_with_resize_and_crop` hands their VAE (tolerance: none)."""
+    from ltx_video.inference import load_image_to_tensor_with_resize_and_crop
+
+    image = photo.resize(size)
+    view = video_view(image, PRESETS[preset])
+    ours = np.asarray(video_stage.prepare_condition(view, VideoSampling().condition_crf))
+    theirs = load_image_to_tensor_with_resize_and_crop(image, view.height, view.width)[0, :, 0]
+    theirs = ((theirs + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
+    assert np.abs(ours.astype(int) - np.asarray(view, dtype=int)).mean() > 1, "it is not the clean view"
+    assert video_stage.prepare_condition(view, 0) is view
+
+
+def test_the_pipeline_encodes_the_prepared_condition_not_the_clean_one(models, pipe, photo, tmp_path):
+    seen = []
+    hook = models.video_pipeline.vae.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    try:
+        events = run_events(pipe, photo, mode="fused", seed=1, out_dir=tmp_path)
+    finally:
+        hook.remove()
+    view = video_view(photo, PRESETS["fast"])
+    prepared = np.asarray(video_stage.prepare_condition(view, VideoSampling().condition_crf))
+    encoded = ((seen[0][0, :, 0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert events[-1]["video_url"] and len(seen) == 1
+    assert np.abs(encoded.astype(int) - prepared).max() <= 1  # diffusers' own [-1, 1] scaling
+    assert np.abs(encoded.astype(int) - np.asarray(view, dtype=int)).mean() > 1
+
+
+# --- the authors' seven steps ------------------------------------------------------------------------
+
+
+def test_the_eighth_step_of_diffusers_example_changes_the_video_negligibly(models, photo):
+    """diffusers' example list ends with a step from 0.03 to 0 after the authors' seven. Added to the
+    authors' seven, without condition noise (so that only the step differs), it moves the final
+    latents by less than 1e-4 of their spread (3e-5 measured: docs/BENCHMARKS.md)."""
+    from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+    pipeline = models.video_pipeline
+    embeds, mask = video_stage.text_conditioning(models, "a square slides")
+    condition = video_stage.prepare_condition(video_view(photo, PRESETS["fast"]), 29)
+    seven = VideoSampling().timesteps
+    seven_latents, eight_latents = (pipeline(
+        conditions=[LTXVideoCondition(image=condition, frame_index=0)], width=condition.width,
+        height=condition.height, num_frames=17, timesteps=list(timesteps), guidance_scale=1.0,
+        image_cond_noise_scale=0.0, prompt_embeds=embeds, prompt_attention_mask=mask, output_type="latent",
+        generator=torch.Generator().manual_seed(0)).frames for timesteps in (seven, seven + (0.03,)))
+    assert len(seven) == 7 and seven_latents.shape == eight_latents.shape and seven_latents.std() > 0.1
+    assert 0 < (seven_latents - eight_latents).abs().max() < 1e-4 * seven_latents.std()
