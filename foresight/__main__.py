@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="preview cadence(s), comma-separated: every N steps, 0 for none (default: the settings')")
     bench.add_argument("--compile-video", type=comma_list(("off", "on")), default=None,
                        help="off, on or off,on: torch.compile LTX's transformer blocks (compiled variants run last)")
-    bench.add_argument("--variant", action="append", default=None, metavar="D:S:P:N[:early][:compiled]",
+    bench.add_argument("--variant", action="append", default=None, metavar="D:S:P:N[:early][:compiled|:graphs]",
                        help="instead of every combination of the above: one variant, decode:schedule:pace:previews "
                             "(e.g. static:streams:45:2), optionally with DINOv2 beside the prefill (:early) and "
-                            "the compiled video path (:compiled); repeatable")
+                            "the compiled video path (:compiled) or the video's CUDA graphs (:graphs); repeatable")
     bench.add_argument("--max-new-tokens", type=int, default=None, help="tokens per run (default: the profile's)")
     bench.add_argument("--trace", default=None, metavar="DIR",
                        help="write one run's timeline per preset, mode and variant (PNG and JSON spans) here")

@@ -18,11 +18,13 @@ import re
 import statistics
 import tempfile
 import time
+import traceback
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from foresight.config import PRESETS
 from foresight.pipeline import ForesightPipeline
@@ -35,6 +37,8 @@ METRICS = [  # key, label, unit
     ("video_ready", "mp4 ready", "s"),
     ("tok_s_with_video", "text while video renders", "tok/s"),
     ("tok_s_alone", "text alone", "tok/s"),
+    ("step_s", "a denoising step", "s"),
+    ("step_s_alone", "a step, video alone", "s"),
     ("mp4_write", "mp4 writing", "s"),
     ("peak_gib", "peak GPU memory", "GiB"),
 ]
@@ -52,13 +56,26 @@ def run_metrics(events: list[dict]) -> dict:
         metrics["overlap_tokens"] = len(inside)
         if len(inside) >= 2 and inside[-1] > inside[0]:
             metrics["tok_s_with_video"] = (len(inside) - 1) / (inside[-1] - inside[0])
+    metrics["step_s"] = step_seconds(end)
     return metrics
+
+
+def step_seconds(end: dict) -> float | None:
+    """The median denoising step of a run (its trace's "step N" spans: on a GPU, CUDA-event times)."""
+    steps = [span["end"] - span["start"] for span in end["spans"] if re.fullmatch(r"step \d+", span["name"])]
+    return statistics.median(steps) if steps else None
 
 
 def text_alone(pipe, image, preset: str) -> float:
     """Decode speed with no video: the same pipeline run (same worker thread), without the renderer."""
     times = list(pipe(image, preset=preset, seed=0, video=False))[-1]["token_times"]
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
+
+
+def video_alone(pipe, image, preset: str, mode: str | None, out_dir) -> float | None:
+    """A denoising step with no text beside it: the pipeline's video-only run (a retry's)."""
+    return step_seconds(list(pipe(image, preset=preset, mode=mode, seed=0, out_dir=out_dir,
+                                  reasoning="Next: the scene continues."))[-1])
 
 
 def device_syncs(run) -> collections.Counter:
@@ -74,6 +91,75 @@ def device_syncs(run) -> collections.Counter:
         torch.cuda.set_sync_debug_mode("default")
     return collections.Counter(f"{w.filename.split('site-packages/')[-1]}:{w.lineno}" for w in caught
                                if "synchronizing CUDA operation" in str(w.message))
+
+
+# aten operations that hand a tensor's value to the host: on a GPU each makes the CPU wait for the
+# GPU's queue to drain, and none may run while a CUDA graph is captured.
+HOST_READS = {"aten._local_scalar_dense", "aten.nonzero", "aten.is_nonzero", "aten.equal", "aten.masked_select",
+              "aten._unique", "aten._unique2", "aten.unique_consecutive", "aten.unique_dim", "aten.item"}
+# A tensor made from Python data (`torch.tensor([...])`, indexing with a list): on a GPU, a blocking
+# copy from pageable host memory, also not capturable.
+HOST_COPIES = {"aten.lift_fresh"}
+
+
+class OpCounter(TorchDispatchMode):
+    """Every aten operation run inside it, by region: `region` is what the caller says is running
+    (hooks set it). Host reads and host copies (HOST_READS, HOST_COPIES) are kept with their source
+    line. The same on any device, so counted on a CPU they are what a GPU would see."""
+
+    def __init__(self):
+        super().__init__()
+        self.region = "other"
+        self.ops, self.reads, self.copies = collections.Counter(), collections.Counter(), collections.Counter()
+        self.where = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        self.ops[self.region] += 1
+        if name in HOST_READS or name in HOST_COPIES:
+            (self.reads if name in HOST_READS else self.copies)[self.region] += 1
+            frame = next(f for f in reversed(traceback.extract_stack()[:-1]) if "/torch/" not in f.filename)
+            self.where[f"{self.region}: {name} at {frame.filename.split('site-packages/')[-1]}:{frame.lineno}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_denoising(pipeline, run) -> OpCounter:
+    """`run()` (a render) counted by part of the denoising: "transformer forward", "step" (the rest
+    of the pipeline's loop and our step callback), "preview decode", "final decode" (from the loop's
+    end), "before" (everything before the first step)."""
+    from foresight import video as video_stage
+
+    counter, decode_estimate, unpack = OpCounter(), video_stage.decode_estimate, pipeline._unpack_latents
+    counter.region = "before"
+
+    def region(name):
+        def enter(*args):
+            counter.region = name
+        return enter
+
+    def preview(*args, **kwargs):
+        counter.region = "preview decode"
+        try:
+            return decode_estimate(*args, **kwargs)
+        finally:
+            counter.region = "step"
+
+    def loop_ended(*args):  # the pipeline unpacks the latents once the loop is over
+        counter.region = counter.region if counter.region == "preview decode" else "final decode"
+        return unpack(*args)
+
+    hooks = [pipeline.transformer.register_forward_pre_hook(region("transformer forward")),
+             pipeline.transformer.register_forward_hook(region("step"))]
+    video_stage.decode_estimate, pipeline._unpack_latents = preview, loop_ended
+    try:
+        with counter:
+            run()
+    finally:
+        video_stage.decode_estimate = decode_estimate
+        del pipeline._unpack_latents
+        for hook in hooks:
+            hook.remove()
+    return counter
 
 
 def profile_first_token(models, image, path: Path) -> Path:
@@ -137,8 +223,9 @@ def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EX
                 metrics["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
                 samples.append(metrics)
             alone.setdefault(preset, [text_alone(pipe, image, preset) for _ in range(runs)])
-            for sample, speed in zip(samples, alone[preset]):
-                sample["tok_s_alone"] = speed
+            steps_alone = [video_alone(pipe, image, preset, mode, scratch) for _ in range(runs)]
+            for sample, speed, step in zip(samples, alone[preset], steps_alone):
+                sample.update(tok_s_alone=speed, step_s_alone=step)
             mode_ran = events[-1]["mode"]
             results[f"{preset}/{mode_ran}"] = summarize(samples)
             if trace_dir:
@@ -147,31 +234,36 @@ def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EX
     return results
 
 
-def variants(settings, decodes, schedules, paces, previews, compiles=(False,), earlies=(False,)) \
+def variants(settings, decodes, schedules, paces, previews, compiles=(False,), earlies=(False,), graphs=(False,)) \
         -> list[tuple[str, object]]:
     """(label, settings) for every combination asked for: compiled ones last (compiling changes the
     loaded modules for good), shared schedules first (an untried `streams` crash loses nothing else)."""
     out = []
-    for compiled, schedule, decode, pace, every, early in itertools.product(compiles, schedules, decodes, paces,
-                                                                            previews, earlies):
+    for compiled, schedule, decode, pace, every, early, graphed in itertools.product(
+            compiles, schedules, decodes, paces, previews, earlies, graphs):
         changed = replace(settings, decode=decode, schedule=schedule, text_pace=pace, preview_every=every,
-                          vision_early=early, compile_video=compiled)
+                          vision_early=early, compile_video=compiled, video_graphs=graphed)
         label = (f"{decode} · {schedule} · pace {pace:g} · previews {every}" + (" · DINOv2 early" if early else "")
-                 + (" · compiled" if compiled else ""))
+                 + (" · compiled" if compiled else "") + (" · video graphs" if graphed else ""))
         out.append((label, changed))
     return out
 
 
+VARIANT_FLAGS = {"early", "compiled", "graphs"}  # vision_early, compile_video, video_graphs
+
+
 def parse_variant(text: str, settings):
-    """(label, settings) from `decode:schedule:pace:previews[:early][:compiled]`, e.g. `static:streams:45:2`
-    or `static:streams:45:2:early` (`vision_early`)."""
+    """(label, settings) from `decode:schedule:pace:previews[:early][:compiled|:graphs]`, e.g.
+    `static:streams:45:2` or `static:streams:45:2:graphs` (`video_graphs`)."""
     parts = text.split(":")
     flags = parts[4:]
-    if len(parts) < 4 or not set(flags) <= {"early", "compiled"} or len(set(flags)) < len(flags):
-        raise ValueError(f"variant {text!r}: use decode:schedule:pace:previews[:early][:compiled], "
+    if len(parts) < 4 or not set(flags) <= VARIANT_FLAGS or len(set(flags)) < len(flags) \
+            or {"compiled", "graphs"} <= set(flags):
+        raise ValueError(f"variant {text!r}: use decode:schedule:pace:previews[:early][:compiled|:graphs], "
                          "e.g. static:streams:45:2")
     decode, schedule, pace, every = parts[0], parts[1], float(parts[2]), int(parts[3])
-    return variants(settings, [decode], [schedule], [pace], [every], ["compiled" in flags], ["early" in flags])[0]
+    return variants(settings, [decode], [schedule], [pace], [every], ["compiled" in flags], ["early" in flags],
+                    ["graphs" in flags])[0]
 
 
 def bench_variants(models, presets: list[str], runs: int, settings_list, modes: list[str | None],
@@ -308,7 +400,7 @@ def bench_command(models, args, log) -> int:
                                  _numbers(args.pace, settings.text_pace),
                                  _numbers(args.previews, settings.preview_every, int),
                                  [item == "on" for item in args.compile_video] if args.compile_video else [False],
-                                 [settings.vision_early])
+                                 [settings.vision_early], [settings.video_graphs])
     started = time.strftime("%Y-%m-%d %H:%M")
     title = (f"Foresight bench · {started} · profile {settings.profile} · {machine()} · {args.runs} runs · "
              f"{settings.max_new_tokens} new tokens · median (min–max)")

@@ -124,6 +124,10 @@ class Settings:
     preview_every: int = 1
     preview_decode: str = "ends"
     compile_video: bool = False  # torch.compile LTX's transformer blocks (the warm-up pays it); not yet measured alone
+    # The transformer's forward and the preview decode on static buffers, captured as one CUDA graph
+    # per shape (`foresight/graphs.py`; the warm-up captures the common ones). Off until a GPU run
+    # measures it: on a CPU the same buffers run eagerly, for the tests.
+    video_graphs: bool = False
 
 
 CUDA_TEXT_PACE = 45.0  # tokens/s while the video renders, on a GPU (Settings.text_pace)
@@ -187,6 +191,7 @@ def settings_from_env(**overrides) -> Settings:
         preview_every=int(env("FORESIGHT_PREVIEW_EVERY") or (CUDA_PREVIEW_EVERY if on_cuda else 1)),
         vision_early=_flag("FORESIGHT_VISION_EARLY", False),
         compile_video=_flag("FORESIGHT_COMPILE_VIDEO", False),
+        video_graphs=_flag("FORESIGHT_VIDEO_GRAPHS", False) and not on_zero_gpu(),  # a capture per call there
     )
     return check(replace(settings, **overrides))
 
@@ -197,6 +202,9 @@ def check(settings: Settings) -> Settings:
         raise ValueError(f"decode {settings.decode!r} (FORESIGHT_DECODE): use one of {', '.join(DECODES)}")
     if settings.schedule not in SCHEDULES:
         raise ValueError(f"schedule {settings.schedule!r} (FORESIGHT_SCHEDULE): use one of {', '.join(SCHEDULES)}")
+    if settings.compile_video and settings.video_graphs:
+        raise ValueError("compile_video and video_graphs (FORESIGHT_COMPILE_VIDEO, FORESIGHT_VIDEO_GRAPHS): "
+                         "choose one")
     if settings.preview_decode not in PREVIEW_DECODES:
         raise ValueError(f"preview decode {settings.preview_decode!r}: use one of {', '.join(PREVIEW_DECODES)}")
     return settings

@@ -144,13 +144,14 @@ def prepare_video_pipeline(pipeline):
 
     Their timesteps are used as given: a scheduler without dynamic or terminal shifting, which
     would otherwise bend them (and with dynamic shifting on, as in the 0.9.5 repo's scheduler
-    config, LTXConditionPipeline's call, which passes no `mu`, fails).
+    config, LTXConditionPipeline's call, which passes no `mu`, fails); and one that starts at the
+    first of them without looking it up (`FromFirstTimestep`).
     """
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    from foresight.scheduler import FromFirstTimestep
 
     # Without shifting the timesteps and sigmas agree; its per-call warning that they may not is noise.
     logging.getLogger("diffusers.schedulers.scheduling_flow_match_euler_discrete").setLevel(logging.ERROR)
-    pipeline.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+    pipeline.scheduler = FromFirstTimestep.from_config(
         pipeline.scheduler.config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

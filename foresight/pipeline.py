@@ -41,12 +41,13 @@ from foresight import video as video_stage
 from foresight import vlm as vlm_stage
 from foresight.config import PRESETS, SMALLER_PRESET, Preset
 from foresight.events import event
-from foresight.inputs import InputError, check_question, load_image, video_view
+from foresight.inputs import InputError, check_question, fit_size, load_image, video_view
 from foresight.media import Mp4Writer, jpeg_base64
 from foresight.scheduling import HostCopier, Pacer, use_stream, worker_streams
 from foresight.trace import Trace
 
 FALLBACK_PREDICTION = "The scene continues naturally."
+GRAPH_ASPECTS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16))  # the shapes the warm-up captures, per preset
 PREDICTION_MAX_CHARS = 320  # a prediction (30 words, vlm.PREDICTION_WORDS) is cut here
 
 
@@ -125,6 +126,8 @@ class ForesightPipeline:
         self._workers_pid: int | None = None
         if models.settings.compile_video:
             video_stage.compile_video(models.video_pipeline)
+        self._video_graphs = video_stage.VideoGraphs(models.video_pipeline, models.settings.device.startswith("cuda")) \
+            if models.settings.video_graphs else None
 
     def _workers(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor, ThreadPoolExecutor]:
         """(thinker, renderer, copier) of this process, made on first use.
@@ -151,7 +154,8 @@ class ForesightPipeline:
 
     def warm_up(self, image, log: Callable[[str], None] = print) -> None:
         """Runs before the first user: kernels, allocators, and what compiles (the static decode;
-        with `compile_video`, the video path, at every preset).
+        with `compile_video`, the video path, at every preset; with `video_graphs`, the video
+        graphs of the common shapes).
 
         One compile at a time: torch.compile is not safe in two threads at once (measured: the
         static decode's compile beside the video's failed), so the text runs alone, then the video
@@ -164,10 +168,24 @@ class ForesightPipeline:
             if failed and self.models.settings.decode == "static":
                 log(f"[foresight] the static-cache decode failed ({failed[0]}); using the dynamic decode")
                 self.models = replace(self.models, settings=replace(self.models.settings, decode="dynamic"))
+            if self._video_graphs is not None:
+                self._capture_graphs(log)
             presets = PRESETS if self.models.settings.compile_video else ["fast"]
             for preset in presets:
                 list(self(image, preset=preset, seed=0, out_dir=scratch, reasoning="Next: warming up."))
             list(self(image, preset="fast", seed=0, out_dir=scratch))
+
+    def _capture_graphs(self, log: Callable[[str], None]) -> None:
+        """The video graphs of every preset at the common aspect ratios, for both conditionings,
+        captured on the renderer thread that replays them."""
+        sizes = sorted({(*fit_size(width, height, preset), preset.num_frames) for preset in PRESETS.values()
+                        for width, height in GRAPH_ASPECTS})
+        started = time.perf_counter()
+        _, renderer, _ = self._workers()
+        renderer.submit(video_stage.capture_graphs, self.models, self._video_graphs, sizes,
+                        video_stage.warm_conditionings(self.models)).result()
+        log(f"[foresight] captured {self._video_graphs.captured} video graphs ({len(sizes)} sizes) in "
+            f"{time.perf_counter() - started:.1f}s")
 
     def __call__(self, image, prompt: str = "", preset: str = "default", mode: str | None = None,
                  seed: int | None = None, out_dir: str | Path = "outputs", stop: threading.Event | None = None,
@@ -371,7 +389,7 @@ class ForesightPipeline:
 
             condition = job.prepared.result() if job.prepared is not None else self._prepare(run, job.condition_image)
             frames = video_stage.render(models, condition, preset.num_frames, preset.fps, seed, embeds, mask,
-                                        run.stop, on_preview=on_preview, trace=trace)
+                                        run.stop, on_preview=on_preview, trace=trace, graphs=self._video_graphs)
             for preview in previews:
                 preview.result()
             with trace.span("host", "mp4", gpu=False):

@@ -6,12 +6,15 @@ checkpoints' own timesteps (`VideoSampling`), with the input image as the condit
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 from typing import Callable
 
 import torch
 from PIL import Image
 
+from foresight.graphs import StaticGraphs, graphed_forward
 from foresight.media import h264_round_trip
 from foresight.trace import Trace, null_trace
 
@@ -146,14 +149,14 @@ def decode_estimate(pipeline, x0: torch.Tensor, shape: tuple[int, int, int], dec
     frames, height, width = shape
     latents = pipeline._unpack_latents(x0, frames, height, width, pipeline.transformer_spatial_patch_size,
                                        pipeline.transformer_temporal_patch_size)
-    if not whole and frames > 2:
-        latents = latents[:, :, [0, frames - 1]]
+    if not whole and frames > 2:  # slices, not a list index: nothing is copied from the host
+        latents = torch.cat([latents[:, :, :1], latents[:, :, -1:]], dim=2)
     vae = pipeline.vae
     latents = pipeline._denormalize_latents(latents, vae.latents_mean, vae.latents_std,
                                             vae.config.scaling_factor).to(vae.dtype)
     timestep = None
-    if vae.config.timestep_conditioning:
-        timestep = torch.tensor([decode_timestep], device=latents.device, dtype=latents.dtype)
+    if vae.config.timestep_conditioning:  # filled on the device (a tensor literal would be a host copy)
+        timestep = torch.full((1,), decode_timestep, device=latents.device, dtype=latents.dtype)
     pixels = vae.decode(latents, timestep, return_dict=False)[0][0, :, -1]  # [3, H, W] in [-1, 1]
     return to_uint8((pixels.float() + 1) / 2).permute(1, 2, 0)
 
@@ -168,30 +171,71 @@ def to_uint8(unit: torch.Tensor) -> torch.Tensor:
     return (unit.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+class VideoGraphs:
+    """The renderer's static graphs (`foresight/graphs.py`): LTX's transformer forward and the
+    preview decode on static buffers, one set (on CUDA, one captured graph) per shape, sharing one
+    memory pool. Made once per pipeline; used by its renderer thread only."""
+
+    def __init__(self, pipeline, cuda: bool):
+        pool = torch.cuda.graph_pool_handle() if cuda else None
+        transformer, forward = pipeline.transformer, type(pipeline.transformer).forward
+        self.transformer = StaticGraphs(lambda **inputs: forward(transformer, **inputs, return_dict=False)[0],
+                                        cuda, MAX_TRANSFORMER_SHAPES, pool)
+        self.preview = StaticGraphs(lambda **inputs: decode_estimate(pipeline, **inputs), cuda, MAX_PREVIEW_SHAPES,
+                                    pool)
+
+    def decode_preview(self, x0: torch.Tensor, shape: tuple[int, int, int], decode_timestep: float,
+                       whole: bool) -> torch.Tensor:
+        """`decode_estimate` through its graph, copied: the next replay may reuse the output's memory."""
+        return self.preview(x0=x0, shape=shape, decode_timestep=decode_timestep, whole=whole).clone()
+
+    @property
+    def captured(self) -> int:
+        return self.transformer.captured + self.preview.captured
+
+
+MAX_TRANSFORMER_SHAPES = 32  # 5 aspect ratios x 3 presets x 2 prompt lengths (bridge, T5), and a few more
+MAX_PREVIEW_SHAPES = 16
+
+
+def sampling_arguments(models, image: Image.Image, num_frames: int, fps: int, seed: int,
+                       prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor) -> dict:
+    """LTXConditionPipeline's arguments for one clip sampled as `config.VideoSampling` says."""
+    from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+    pipeline, sampling = models.video_pipeline, models.settings.sampling
+    prompt_embeds = prompt_embeds.to(pipeline.transformer.dtype)
+    conditioning = dict(prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_attention_mask)
+    if sampling.guidance_scale > 1:
+        conditioning.update(negative_conditioning(models, prompt_embeds, prompt_attention_mask))
+    return dict(conditions=[LTXVideoCondition(image=image, frame_index=0)],
+                width=image.width, height=image.height, num_frames=num_frames, frame_rate=fps,
+                timesteps=list(sampling.timesteps), guidance_scale=sampling.guidance_scale,
+                image_cond_noise_scale=sampling.image_cond_noise_scale, decode_timestep=sampling.decode_timestep,
+                decode_noise_scale=sampling.decode_noise_scale,
+                generator=torch.Generator(device=pipeline.device).manual_seed(seed), **conditioning)
+
+
 @torch.inference_mode()
 def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
            prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor, stop: threading.Event,
            on_preview: Callable[[int, torch.Tensor], None] = lambda step, rgb: None,
-           trace: Trace = null_trace) -> torch.Tensor:
+           trace: Trace = null_trace, graphs: VideoGraphs | None = None) -> torch.Tensor:
     """Denoise with LTX, `image` (the condition image, prepared: `prepare_condition`) as frame 0 ->
     frames [F, H, W, 3] uint8 on the CPU.
 
     `on_preview(step, rgb)` gets previews ([H, W, 3] uint8 on the model's device, still being
     computed there: the caller copies it off the critical path) on the steps of the preview cadence
-    (`Settings.preview_every`), the last step included. Raises Stopped when `stop` is set.
+    (`Settings.preview_every`), the last step included. Raises Stopped when `stop` is set. With
+    `graphs` (`Settings.video_graphs`), each step's transformer forward and each preview decode run
+    through their static graphs.
     """
-    from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
-
     pipeline, settings = models.video_pipeline, models.settings
     sampling = settings.sampling
-    width, height = image.size
-    shape = latent_shape(pipeline, num_frames, height, width)
+    shape = latent_shape(pipeline, num_frames, image.height, image.width)
     estimate = DenoisingEstimate(pipeline, sampling.guidance_scale)
     previewed = set(preview_steps(sampling.num_steps, settings.preview_every))
-    prompt_embeds = prompt_embeds.to(pipeline.transformer.dtype)
-    conditioning = dict(prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_attention_mask)
-    if sampling.guidance_scale > 1:
-        conditioning.update(negative_conditioning(models, prompt_embeds, prompt_attention_mask))
+    decode = graphs.decode_preview if graphs is not None else functools.partial(decode_estimate, pipeline)
     call_start = trace.mark()
     marks = {}  # where the current step began, and where the final decode begins
 
@@ -206,22 +250,18 @@ def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
             raise Stopped()
         if step in previewed:
             with trace.span("video", f"preview {step}"):
-                on_preview(step, decode_estimate(pipeline, estimate.x0, shape, sampling.decode_timestep,
-                                                 whole=settings.preview_decode == "whole"))
+                on_preview(step, decode(estimate.x0, shape, sampling.decode_timestep,
+                                        whole=settings.preview_decode == "whole"))
         marks["decode"] = trace.mark()
         return {}
 
     step_hook = pipeline.transformer.register_forward_pre_hook(on_forward)
+    graphed = graphed_forward(pipeline.transformer, graphs.transformer) if graphs else contextlib.nullcontext()
     try:
-        output = pipeline(
-            conditions=[LTXVideoCondition(image=image, frame_index=0)],
-            width=width, height=height, num_frames=num_frames, frame_rate=fps,
-            timesteps=list(sampling.timesteps), guidance_scale=sampling.guidance_scale,
-            image_cond_noise_scale=sampling.image_cond_noise_scale,
-            decode_timestep=sampling.decode_timestep, decode_noise_scale=sampling.decode_noise_scale,
-            generator=torch.Generator(device=pipeline.device).manual_seed(seed),
-            output_type="pt", callback_on_step_end=on_step_end, **conditioning,
-        )
+        with graphed:
+            output = pipeline(**sampling_arguments(models, image, num_frames, fps, seed, prompt_embeds,
+                                                   prompt_attention_mask),
+                              output_type="pt", callback_on_step_end=on_step_end)
         trace.add("video", "VAE decode", marks["decode"], trace.mark())
         with trace.span("video", "frames to CPU"):
             frames = to_uint8(output.frames[0]).permute(0, 2, 3, 1).cpu()  # [F, H, W, 3]
@@ -229,3 +269,42 @@ def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
         estimate.remove()
         step_hook.remove()
     return frames
+
+
+@torch.inference_mode()
+def warm_conditionings(models) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A conditioning of each loaded mode's shape: the bridge's (fused) and T5's (text)."""
+    conditionings = []
+    if models.bridge is not None:
+        vision = torch.zeros(1, 4, models.vision.config.hidden_size, device=models.vision.device)
+        states = torch.zeros(1, 4, models.vlm.config.text_config.hidden_size, device=models.vlm.device)
+        conditionings.append(fused_conditioning(models, vision, states))
+    if models.video_pipeline.text_encoder is not None:
+        conditionings.append(text_conditioning(models, "Next: warming up."))
+    return conditionings
+
+
+@torch.inference_mode()
+def capture_graphs(models, graphs: VideoGraphs, sizes: list[tuple[int, int, int]],
+                   conditionings: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Capture (on a CPU: prepare) the graphs of these (width, height, frames) clips for each
+    (prompt_embeds, mask): one step of the run's own pipeline call and one preview each, so the
+    inputs are exactly a run's; no final decode."""
+    pipeline, settings = models.video_pipeline, models.settings
+    for width, height, frames in sizes:
+        shape = latent_shape(pipeline, frames, height, width)
+        for embeds, mask in conditionings:
+            estimate = DenoisingEstimate(pipeline, settings.sampling.guidance_scale)
+
+            def on_step_end(pipe, step, timestep, callback_kwargs):
+                graphs.decode_preview(estimate.x0, shape, settings.sampling.decode_timestep,
+                                      whole=settings.preview_decode == "whole")
+                return {}
+
+            arguments = sampling_arguments(models, Image.new("RGB", (width, height)), frames, 16, 0, embeds, mask)
+            try:
+                with graphed_forward(pipeline.transformer, graphs.transformer):
+                    pipeline(**{**arguments, "timesteps": arguments["timesteps"][:1]}, output_type="latent",
+                             callback_on_step_end=on_step_end)
+            finally:
+                estimate.remove()

@@ -8,14 +8,19 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     --platform manylinux2010_x86_64 -d .whl diffusers==0.42.1 transformers==5.24.0 imageio-ffmpeg==0.5.1 \
-#     importlib_metadata regex
+#     av==18.1.0 importlib_metadata regex
 # Try it here first:   PROFILE=tiny OUT=/tmp/device-out RUNS=1 WHEELS=0 bash scripts/device_bench.sh
-# There, in two calls that fit the per-call limit:
-#   run(command="STEPS='matrix syncs presets' bash scripts/device_bench.sh", carry=[".whl"], timeout_s=570)
-#   run(command="STEPS=tests bash scripts/device_bench.sh", carry=[".whl"], timeout_s=300)
+# There, in two calls that fit the per-call limit (the first: the video graphs against eager, default
+# and high, both modes; LTX's operation and sync counts on CUDA):
+#   run(command="STEPS='graphs ltxsyncs' bash scripts/device_bench.sh", carry=[".whl"], timeout_s=570)
+#   run(command="STEPS='matrix tests' bash scripts/device_bench.sh", carry=[".whl"], timeout_s=570)
 # (On 2026-11-27 five matrix variants alone took 446 s: keep the matrix short.)
 #
 # Steps (each writes as it goes, so a run cut short keeps what it measured):
+#   graphs:  default and high, fused and text mode, eager against the video graphs (GRAPHS: the
+#            variants; a denoising step beside the text and alone is in the table)
+#   ltxsyncs: LTX-2B's structure at narrow width: aten operations and host reads per step and per
+#            preview, and a step's and a preview's launch cost (scripts/ltx_syncs.py)
 #   matrix:  the default preset, fused and text mode, in the variants of MATRIX (decode:schedule:
 #            text pace:preview cadence[:early][:compiled]: the defaults, DINOv2 beside the prefill, the
 #            compiled video path); compiled last, as compiling changes the models for good;
@@ -25,16 +30,17 @@
 #            pipeline's (scripts/qwen_syncs.py, seconds)
 #   presets: fast and high, both modes, in VARIANT (the defaults, unless set)
 #   tests:   the suite without the browser tests, on CUDA, in the tiny profile
-# Output (at most 8 files come back per call): summary.md, matrix.json, presets.json, profile.txt,
-# traces.tar.gz and each step's log.
+# Output (at most 8 files come back per call): summary.md, graphs.json, matrix.json, presets.json,
+# profile.txt, traces.tar.gz and each step's log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-random-full}
 OUT=${OUT:-device-out}
 RUNS=${RUNS:-3}
 TOKENS=${TOKENS:-128}  # enough to span the video and then some
-STEPS=${STEPS:-matrix syncs presets tests}
+STEPS=${STEPS:-graphs ltxsyncs matrix syncs presets tests}
 MATRIX=${MATRIX:-static:streams:45:2 static:streams:45:2:early static:streams:45:2:compiled}
+GRAPHS=${GRAPHS:-static:streams:45:2 static:streams:45:2:graphs static:streams:45:1:graphs}
 VARIANT=${VARIANT:-}
 mkdir -p "$OUT/traces"
 if [ "${WHEELS:-1}" = 1 ] && ls .whl/*.whl >/dev/null 2>&1; then
@@ -56,6 +62,10 @@ step() {  # name, command...: run one step if STEPS names it; keep going if it f
   "$@" >> "$OUT/summary.md" 2> "$OUT/$name.log" || echo "$name failed (exit $?), see $name.log" | tee -a "$OUT/summary.md" >&2
   echo "($name took $((SECONDS - start)) s)" >> "$OUT/summary.md"
 }
+graph_variants=(); for v in $GRAPHS; do graph_variants+=(--variant "$v"); done
+step graphs python3 -m foresight bench --profile "$PROFILE" --preset default --preset high --mode fused,text \
+  "${graph_variants[@]}" --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/graphs.json" --trace "$OUT/traces"
+step ltxsyncs env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python3 scripts/ltx_syncs.py
 variants=(); for v in $MATRIX; do variants+=(--variant "$v"); done
 step matrix python3 -m foresight bench --profile "$PROFILE" --preset default --mode fused,text "${variants[@]}" \
   --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/matrix.json" --trace "$OUT/traces" \

@@ -57,7 +57,10 @@ def test_a_variant_names_every_timing_setting_it_changes(models):
             settings.compile_video) == ("static", "streams", 45.0, 2, True, True)
     label, settings = parse_variant("dynamic:shared:0:1", models.settings)
     assert label == "dynamic · shared · pace 0 · previews 1" and not settings.vision_early
-    for wrong in ("static:streams:45", "static:streams:45:2:fast", "static:streams:45:2:early:early"):
+    label, settings = parse_variant("static:streams:45:2:graphs", models.settings)
+    assert label == "static · streams · pace 45 · previews 2 · video graphs" and settings.video_graphs
+    for wrong in ("static:streams:45", "static:streams:45:2:fast", "static:streams:45:2:early:early",
+                  "static:streams:45:2:compiled:graphs"):
         with pytest.raises(ValueError, match="decode:schedule:pace:previews"):
             parse_variant(wrong, models.settings)
 
