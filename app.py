@@ -23,11 +23,10 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio loads: no telemetry unless asked
 import gradio as gr  # noqa: E402
-from PIL import UnidentifiedImageError  # noqa: E402
 
 from foresight import storage  # noqa: E402
 from foresight.config import PRESETS  # noqa: E402
-from foresight.inputs import MAX_QUESTION_CHARS, InputError, load_image  # noqa: E402
+from foresight.inputs import MAX_QUESTION_CHARS, MAX_UPLOAD_MB, InputError, check_upload  # noqa: E402
 from foresight.serving import PROFILES, start  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
@@ -55,20 +54,21 @@ except ImportError:
 
 
 class UploadImage(gr.Image):
-    """An image input that passes unreadable uploads on instead of failing inside Gradio.
+    """An image input that hands the uploaded file's path on, untouched.
 
-    Gradio opens each upload with PIL before the handler runs, so a corrupt file would reach the
-    user as a bare "Error". Handing its path on lets the page refuse it with a clear message.
-    As a template of gr.Image (`is_template`), the page draws it with Gradio's own image widget.
+    Gradio's own preprocessing opens each upload with PIL and, for any mode but RGB, decodes and
+    re-encodes it before the handler runs: a stranger's file decoded with no budget, and a corrupt
+    one reaching the user as a bare "Error". The pipeline reads the header first and refuses what
+    does not fit with a clear message (`inputs.open_image`). As a template of gr.Image
+    (`is_template`), the page draws it with Gradio's own image widget.
     """
 
     is_template = True
 
     def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            return str(payload.path) if payload is not None and payload.path else None
+        if payload is not None and payload.path:
+            return str(payload.path)
+        return super().preprocess(payload)  # a data URL (an API call's inline image): Gradio's own path
 
 
 def preset_label(name: str) -> str:
@@ -264,13 +264,13 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         position = queue_position(demo, request.session_hash)
         return "" if position is None or position[0] == 0 else waiting_line(*position)
 
-    def check_upload(image):
-        """Refuse a file that is not an image when it is uploaded, not only at Generate."""
+    def on_upload(image):
+        """Refuse a file that is not an image, or too big, when it is uploaded, not only at Generate:
+        from its header, so that the run decodes it once."""
         if image is None:
             return None, "Ready."
         try:
-            notes = []
-            load_image(image, notes)
+            notes = check_upload(image)
         except InputError as exc:
             log.info("refused an upload: %s", exc)
             return None, refusal(str(exc))
@@ -340,7 +340,7 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         again.then(retry_video, inputs=[record, control], outputs=[preview, video, status, record],
                    **gpu_queue, **private).then(**ended)
         timer.tick(waiting, outputs=[queue_note], queue=False, **private)
-        image.upload(check_upload, inputs=[image], outputs=[image, status], queue=False, **private)
+        image.upload(on_upload, inputs=[image], outputs=[image, status], queue=False, **private)
         randomize.change(lambda on: gr.update(interactive=not on), inputs=[randomize], outputs=[seed], **private)
         gallery.select(show_history, inputs=[history], outputs=[image, question, preset, seed, randomize, reasoning,
                                                                 preview, video, shown, status, record], **private)
@@ -384,6 +384,7 @@ def main(argv=None) -> None:
                        keep=lambda: kept_files(demo))
     demo.queue(max_size=args.queue_size).launch(
         server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(OUTPUT_DIR)],
+        max_file_size=f"{MAX_UPLOAD_MB}mb",
         show_error=True, css=CSS, footer_links=["api", "gradio", "settings"], run_history=False)
 
 

@@ -1,8 +1,11 @@
 """Whatever a user uploads becomes one RGB image, or a clear refusal; then each model's view of it.
 
 `load_image` opens the upload (EXIF rotation, first frame, any mode to RGB, huge ones shrunk) and
-notes in words what it did. Each consumer then prepares its own view, the same in serving and in
-training:
+notes in words what it did. Every upload is a stranger's, so nothing is decoded before its header
+says it fits (`open_image`: the file's size, its format, the pixels it would decode to), and at
+most MAX_DECODES decode at once, however many visitors upload. `check_upload` says from the header
+alone what `load_image` would refuse or note, for the page. Each consumer then prepares its own
+view, the same in serving and in training:
 
 * `vlm_view`: Qwen's view, at its own pixel budget whatever the video preset;
 * DINOv2 takes the loaded image as it is (its processor resizes and centre-crops);
@@ -13,6 +16,9 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import threading
+import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,7 +31,20 @@ MIN_SIDE = 32  # smaller than this there is nothing to look at
 MAX_QUESTION_CHARS = 1000
 MAX_SIDE_BEFORE_DOWNSCALE = 4096  # anything larger is shrunk before any other work
 MAX_ASPECT = 3  # longer strips are centre-cropped to 3:1 for the video
-Image.MAX_IMAGE_PIXELS = 20000 * 20000  # refuse decompression bombs beyond this, with our message
+# What an upload may cost (docs/DESIGN.md, "Untrusted uploads"). Phones and cameras make up to 50
+# megapixels, decoded whole in at most 200 MB (RGBA); a JPEG decodes at up to 1/8 of its size
+# (`draft`), so the 200-megapixel JPEGs some phones make are read at a quarter of that.
+MAX_UPLOAD_MB = int(os.environ.get("FORESIGHT_MAX_UPLOAD_MB", 50))  # also Gradio's max_file_size (app.py)
+MAX_PIXELS = 50_000_000  # decoded whole: PNG, WebP, GIF, BMP, TIFF
+MAX_JPEG_PIXELS = 200_000_000  # a JPEG's own size; it is decoded at a reduced scale
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # what cameras, phones and screens make (JPEG: MPO too)
+MAX_DECODES = 2  # at once, in this process
+JPEG_FORMATS = ("JPEG", "MPO")
+TURNING = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+# Modes Pillow's box reduction takes; the others (palette, 1-bit, 16-bit grey) are made RGB first.
+REDUCIBLE_MODES = {"L", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"}
+Image.MAX_IMAGE_PIXELS = None  # the budget above decides, before decoding, with its own message
+_decoding = threading.BoundedSemaphore(MAX_DECODES)
 
 
 class InputError(ValueError):
@@ -35,44 +54,102 @@ class InputError(ValueError):
 def load_image(source, notes: list[str] | None = None) -> Image.Image:
     """Open a path, bytes or PIL image; apply EXIF rotation; first frame; RGB; downscale huge ones.
 
+    Refused (InputError) before any decoding if its header says it is too big (`open_image`).
     What was done that the user may not expect is appended to `notes`, in words.
     """
     notes = [] if notes is None else notes
-    if source is None:
-        raise InputError("Please add an image first (upload, webcam or paste).")
-    try:
-        if isinstance(source, Image.Image):
-            image = source
-        elif isinstance(source, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(source))
-        else:
-            path = Path(source)
-            if not path.is_file():
-                raise InputError(f"No image file at {path}.")
-            image = Image.open(path)
-        frames = getattr(image, "n_frames", 1)
-        image.seek(0)  # the first frame of an animation
-        image.draft("RGB", (MAX_SIDE_BEFORE_DOWNSCALE,) * 2)  # JPEG: decode huge files at a reduced scale, cheaply
-        image.load()
-    except InputError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise InputError("That image is too large to open (over 400 megapixels).") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InputError("That file could not be read as an image. Try a PNG or JPEG.") from exc
-    if frames > 1:
-        notes.append(f"Used the first of its {frames} animation frames.")
-    image = ImageOps.exif_transpose(image)
-    original = image.size
-    if max(image.size) > MAX_SIDE_BEFORE_DOWNSCALE:
-        image.thumbnail((MAX_SIDE_BEFORE_DOWNSCALE,) * 2, Image.Resampling.LANCZOS)
-    if image.size != original and (image.width * image.height) < (original[0] * original[1]) / 1.5:
-        notes.append(f"Downscaled from {original[0]}×{original[1]} to {image.width}×{image.height}.")
-    image = to_rgb(image)
+    image = open_image(source)
+    notes += header_notes(image)
+    target = downscaled_size(*image.size)  # as stored; EXIF may turn it
+    with _decoding:
+        try:
+            image.seek(0)  # the first frame of an animation
+            if image.format in JPEG_FORMATS:  # decoded at a reduced scale, at least the target's size
+                image.draft("RGB", target)
+            image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise InputError("That file could not be read as an image. Try a PNG or JPEG.") from exc
+        if image.getexif().get(0x0112) in TURNING:  # read now: a PNG's EXIF may follow its pixels
+            target = target[::-1]
+        ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
+        if image.mode not in REDUCIBLE_MODES:
+            image = to_rgb(image)
+        image = to_rgb(shrink(image, target))
     if min(image.size) < MIN_SIDE:
         raise InputError(f"That image is too small ({image.width}×{image.height}); use one at least "
                          f"{MIN_SIDE} pixels on each side.")
     return image
+
+
+def open_image(source) -> Image.Image:
+    """The upload opened but not decoded, once its file size, format and decoded size are within
+    the budget (MAX_UPLOAD_MB, FORMATS, MAX_PIXELS or MAX_JPEG_PIXELS), else InputError."""
+    if source is None:
+        raise InputError("Please add an image first (upload, webcam or paste).")
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (bytes, bytearray)):
+        size, opened = len(source), lambda: io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"No image file at {path}.")
+        size, opened = path.stat().st_size, lambda: path
+    if size > MAX_UPLOAD_MB * 2**20:
+        raise InputError(f"That file is {size / 2**20:.0f} MB; files up to {MAX_UPLOAD_MB} MB can be used.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a malformed header's warnings: it is refused below or decodes
+            image = Image.open(opened(), formats=FORMATS)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InputError("That file could not be read as an image. Try a PNG or JPEG.") from exc
+    limit = MAX_JPEG_PIXELS if image.format in JPEG_FORMATS else MAX_PIXELS
+    if image.width * image.height > limit:
+        raise InputError(f"That image is {image.width}×{image.height} ({image.width * image.height / 1e6:.0f} "
+                         f"megapixels); images up to {MAX_PIXELS // 1_000_000} megapixels can be used "
+                         f"(JPEG photos up to {MAX_JPEG_PIXELS // 1_000_000}).")
+    return image
+
+
+def check_upload(source) -> list[str]:
+    """For the page, as a file arrives: InputError if `load_image` would refuse it on its header,
+    else the notes it would make. Reads the header only (a decode costs the run, once)."""
+    return header_notes(open_image(source))
+
+
+def header_notes(image: Image.Image) -> list[str]:
+    """What loading will do that the user may not expect, known from the header: the first frame of
+    an animation (without walking its frames), a downscale."""
+    notes = ["Used the first frame of the animation."] if getattr(image, "is_animated", False) else []
+    width, height = upright_size(image)
+    target = downscaled_size(width, height)
+    if target[0] * target[1] < width * height / 1.5:
+        notes.append(f"Downscaled from {width}×{height} to {target[0]}×{target[1]}.")
+    return notes
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """The size once EXIF rotation is applied, as far as the header tells: a PNG's EXIF may follow
+    its pixels (Pillow's `getexif` would decode them to find it), so a PNG's counts only if it
+    came first."""
+    exif = image.getexif() if image.format != "PNG" or "exif" in image.info else {}
+    return (image.height, image.width) if exif.get(0x0112) in TURNING else image.size
+
+
+def downscaled_size(width: int, height: int) -> tuple[int, int]:
+    """The size a loaded image has: reduced by the smallest whole factor that brings its longer
+    side within MAX_SIDE_BEFORE_DOWNSCALE (aspect kept; a box reduction, as a JPEG's draft does)."""
+    factor = -(-max(width, height) // MAX_SIDE_BEFORE_DOWNSCALE)
+    return -(-width // factor), -(-height // factor)
+
+
+def shrink(image: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """The decoded image at `downscaled_size`: a box reduction by a whole factor (cheap however big),
+    then Lanczos for what a JPEG's draft left over."""
+    factor = min(image.width // target[0], image.height // target[1])
+    if factor > 1:
+        image = image.reduce(factor)
+    return image if image.size == target else image.resize(target, Image.Resampling.LANCZOS)
 
 
 def check_question(question: str | None) -> str:
@@ -91,10 +168,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     elif image.mode == "F":
         image = image.convert("L")
     if image.mode == "P":
-        image = image.convert("RGBA")
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
         background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
 

@@ -17,7 +17,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = str(ROOT / "examples" / "cat.jpg")
 ARTIFACTS = ROOT / "test-artifacts"
-CACHE_TTL_S = 3
+CACHE_TTL_S = 60  # the sweep then runs every 10 s (storage.keep_swept)
+MAX_UPLOAD_MB = 2  # the app's file-size limit in these tests
 
 
 def free_port():
@@ -31,7 +32,8 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app")
     port = free_port()
     env = {**os.environ, "FORESIGHT_OUTPUTS": str(tmp / "outputs"), "GRADIO_TEMP_DIR": str(tmp / "gradio"),
-           "FORESIGHT_MAX_OUTPUT_RUNS": "2", "FORESIGHT_CACHE_TTL": str(CACHE_TTL_S)}
+           "FORESIGHT_MAX_OUTPUT_RUNS": "2", "FORESIGHT_CACHE_TTL": str(CACHE_TTL_S),
+           "FORESIGHT_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB)}
     log = open(tmp / "app.log", "w")
     process = subprocess.Popen([sys.executable, "app.py", "--profile", "tiny", "--port", str(port)],
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -46,7 +48,8 @@ def server(tmp_path_factory):
             time.sleep(0.5)
     else:
         pytest.fail("the app did not start:\n" + (tmp / "app.log").read_text())
-    yield {"url": url, "outputs": tmp / "outputs", "gradio_cache": tmp / "gradio", "log": tmp / "app.log"}
+    yield {"url": url, "outputs": tmp / "outputs", "gradio_cache": tmp / "gradio", "log": tmp / "app.log",
+           "pid": process.pid}
     process.terminate()
     process.wait(timeout=30)
     log.close()
@@ -113,6 +116,50 @@ def test_a_bad_image_is_one_clear_error_without_a_traceback_and_the_app_keeps_se
     assert "refused an API input: That file could not be read as an image" in log and "Traceback" not in log
 
 
+def test_an_upload_over_the_size_limit_is_refused_in_words_and_never_kept(client, server, tmp_path):
+    """Gradio's own max_file_size: its client refuses before sending, and the server stops reading a
+    request that says otherwise at the limit, keeping nothing of it."""
+    import httpx
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes((MAX_UPLOAD_MB + 1) * 2**20))
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+        client.predict(handle_file(str(big)), "", "fast", api_name="/predict")
+    cached = sum(f.stat().st_size for f in server["gradio_cache"].rglob("*") if f.is_file())
+    response = httpx.post(f"{server['url']}/gradio_api/upload", files={"files": ("big.png", big.read_bytes())})
+    assert response.status_code == 413 and "maximum allowed size" in response.text
+    assert sum(f.stat().st_size for f in server["gradio_cache"].rglob("*") if f.is_file()) < cached + 2**20
+
+
+def memory_peak_mb(pid: int) -> float:
+    return next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmHWM:")) / 1024
+
+
+def test_a_burst_of_huge_uploads_leaves_the_server_serving_within_its_memory_budget(client, server, tmp_path):
+    """Images small on disk and huge decoded, sent together: those over the pixel budget are refused
+    from their header, the one within it decoded once; the server's peak memory grows by less than
+    1 GB, and it goes on serving."""
+    from uploads import flat_png
+
+    files = [tmp_path / f"bomb{i}.png" for i in range(5)] + [tmp_path / "big.png"]
+    for i, path in enumerate(files[:-1]):  # each its own bytes (the same bytes share one path in Gradio's cache)
+        flat_png(path, 8000, 7000 + i, "RGBA")  # 56 megapixels: over the budget
+    flat_png(files[-1], 7000, 7000, "RGBA")  # 49: within it, 196 MB decoded
+    before = memory_peak_mb(server["pid"])
+    jobs = [submit(client, image=str(path)) for path in files]
+    outcomes = []
+    for job in jobs:
+        try:
+            job.result()
+            outcomes.append("ran")
+        except Exception as exc:  # noqa: BLE001 - the refusal, as the client sees it
+            outcomes.append(str(exc))
+    assert outcomes[-1] == "ran" and all("56 megapixels" in o for o in outcomes[:-1]), outcomes
+    assert memory_peak_mb(server["pid"]) - before < 1024
+    text, preview, video = client.predict(handle_file(EXAMPLE), "", "fast", api_name="/predict")
+    assert text and Path(video).exists()
+
+
 def test_a_cancelled_job_writes_no_video(client, server):
     before = set(server["outputs"].rglob("*.mp4"))
     job = submit(client, preset="high")
@@ -129,11 +176,14 @@ def test_disk_use_stays_bounded(client, server):
     for _ in range(4):
         client.predict(handle_file(EXAMPLE), "", "fast", api_name="/predict")
     assert len([p for p in server["outputs"].iterdir() if p.is_dir()]) <= 2  # FORESIGHT_MAX_OUTPUT_RUNS
-    cached = [p for p in server["gradio_cache"].rglob("*") if p.is_file()]
-    assert cached, "previews and videos pass through Gradio's cache"
-    time.sleep(2 * CACHE_TTL_S + 2)
-    remaining = [p for p in cached if p.exists()]
-    assert len(remaining) < len(cached), "old previews and videos are deleted"
+    videos = sorted(server["gradio_cache"].rglob("*.mp4"), key=lambda p: p.stat().st_mtime)
+    assert len(videos) > 1, "previews and videos pass through Gradio's cache"
+    old, fresh = videos[0], videos[-1]  # the newest was written a moment ago
+    os.utime(old, (time.time() - 2 * CACHE_TTL_S,) * 2)  # older than the cache keeps files
+    deadline = time.time() + 60  # the sweep runs every 10 s; this waits for it, it does not time it
+    while old.exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not old.exists() and fresh.exists(), "an old preview or video is deleted, a fresh one kept"
 
 
 def test_the_cache_sweep_keeps_the_folder_under_its_size():
@@ -236,6 +286,10 @@ def test_a_refusal_is_said_once_where_the_user_looks(server):
         text = page.inner_text("body")
         assert text.count("could not be read as an image") == 1, "one message, not three"
         assert page.locator(".toast-body").count() == 0 and page.locator("#reasoning .error").count() == 0
+        page.locator("#input-image input[type=file]").set_input_files(files=[{  # over the size limit: Gradio says so
+            "name": "big.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\n" + bytes((MAX_UPLOAD_MB + 1) * 2**20)}])
+        page.wait_for_function("document.body.innerText.includes('exceed the maximum allowed size of 2.0 Mb')",
+                               timeout=15000)
         browser.close()
     log = server["log"].read_text()
     assert "refused an upload: That file could not be read as an image" in log and "Traceback" not in log
