@@ -59,6 +59,22 @@ class Message:
     data: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """What a run was asked, made once in `__call__` and handed down."""
+
+    image: object  # PIL image as loaded: what Qwen and DINOv2 see
+    condition_image: object  # LTX's condition image, fitted to the preset
+    question: str
+    preset: str
+    mode: str  # the mode that runs: fused or text
+    seed: int
+    mp4_path: Path
+    reasoning: str | None = None  # a video-only retry: the text exists already
+    video: bool = True
+    frame_events: bool = False
+
+
 @dataclass
 class VideoJob:
     """One rendering: LTX's condition image fitted to `preset`, and what conditions the video."""
@@ -74,7 +90,8 @@ class VideoJob:
 
 
 class Run:
-    """One run's shared state: its clock and trace, the message queue, Stop, and the pacer."""
+    """One run's shared state: its clock and trace, the message queue, Stop and the pacer; its
+    request; and what the conductor knows so far (the text, the video's job, the moments)."""
 
     def __init__(self, stop: threading.Event, cuda: bool):
         self.trace = Trace(cuda=cuda)
@@ -84,6 +101,14 @@ class Run:
         self.token_times: list[float] = []
         self.seconds = {"jpeg": 0.0, "mp4": 0.0}  # the pipeline's own encoding work
         self._held: list[Message] = []
+        self.request: RunRequest | None = None  # set once the input is accepted
+        self.jobs: list[Future] = []  # the workers' turns; each ends with a "done" message
+        self.finished = 0
+        self.early: dict[str, Future] = {}  # work begun before it is needed: "prepared", "patch_tokens"
+        self.text, self.prediction, self.video_url = "", None, None
+        self.moments: dict[str, float | None] = {"ttft": None, "first_frame": None, "video_ready": None}
+        self.rendering: VideoJob | None = None
+        self.video_start: float | None = None
 
     def now(self) -> float:
         return self.trace.now()
@@ -114,6 +139,21 @@ class Run:
         return data
 
 
+class Workers:
+    """The pipeline's threads in one process, each on its own stream for its lifetime: the thinker
+    (Qwen; CUDA graphs of a compiled decode step are recorded per thread), the renderer (LTX) and
+    the copier (host work: JPEGs, the mp4, copies off the GPU), and the thinker's static cache."""
+
+    def __init__(self, settings):
+        text_stream, video_stream = worker_streams(settings.schedule, settings.device)
+        self.thinker = ThreadPoolExecutor(1, "foresight-think", initializer=use_stream, initargs=(text_stream,))
+        self.renderer = ThreadPoolExecutor(1, "foresight-render", initializer=use_stream, initargs=(video_stream,))
+        self.copier = ThreadPoolExecutor(1, "foresight-copy")
+        self.host = HostCopier(settings.device)
+        self.static_cache = vlm_stage.ReusedStaticCache(settings.static_cache_len)
+        self.pid = os.getpid()
+
+
 def prediction_from(text: str) -> str:
     """What `text` mode conditions the video on: the first line ('Next: …'), else the text so far."""
     return (vlm_stage.prediction_line(text + "\n") or text.strip())[:PREDICTION_MAX_CHARS] or FALLBACK_PREDICTION
@@ -123,31 +163,19 @@ class ForesightPipeline:
     def __init__(self, models):
         self.models = models
         self._workers_lock = threading.Lock()
-        self._workers_pid: int | None = None
+        self._process_workers: Workers | None = None
         if models.settings.compile_video:
             video_stage.compile_video(models.video_pipeline)
         self._video_graphs = video_stage.VideoGraphs(models.video_pipeline, models.settings.device.startswith("cuda")) \
             if models.settings.video_graphs else None
 
-    def _workers(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor, ThreadPoolExecutor]:
-        """(thinker, renderer, copier) of this process, made on first use.
-
-        Per process: a forked child (ZeroGPU runs each GPU call in one) inherits the executors
-        but not their threads, and would wait for them forever.
-        """
+    def _workers(self) -> Workers:
+        """This process's workers, made on first use: a forked child (ZeroGPU runs each GPU call in
+        one) inherits the executors but not their threads, and would wait for them forever."""
         with self._workers_lock:
-            if self._workers_pid != os.getpid():
-                settings = self.models.settings
-                text_stream, video_stream = worker_streams(settings.schedule, settings.device)
-                self._thinker = ThreadPoolExecutor(1, "foresight-think", initializer=use_stream,
-                                                   initargs=(text_stream,))
-                self._renderer = ThreadPoolExecutor(1, "foresight-render", initializer=use_stream,
-                                                    initargs=(video_stream,))
-                self._copier = ThreadPoolExecutor(1, "foresight-copy")
-                self._host = HostCopier(settings.device)
-                self._static_cache = vlm_stage.ReusedStaticCache(settings.static_cache_len)  # the thinker's
-                self._workers_pid = os.getpid()
-            return self._thinker, self._renderer, self._copier
+            if self._process_workers is None or self._process_workers.pid != os.getpid():
+                self._process_workers = Workers(self.models.settings)
+            return self._process_workers
 
     def default_mode(self) -> str:
         return self.models.modes[0]
@@ -181,9 +209,8 @@ class ForesightPipeline:
         sizes = sorted({(*fit_size(width, height, preset), preset.num_frames) for preset in PRESETS.values()
                         for width, height in GRAPH_ASPECTS})
         started = time.perf_counter()
-        _, renderer, _ = self._workers()
-        renderer.submit(video_stage.capture_graphs, self.models, self._video_graphs, sizes,
-                        video_stage.warm_conditionings(self.models)).result()
+        self._workers().renderer.submit(video_stage.capture_graphs, self.models, self._video_graphs, sizes,
+                                        video_stage.warm_conditionings(self.models)).result()
         log(f"[foresight] captured {self._video_graphs.captured} video graphs ({len(sizes)} sizes) in "
             f"{time.perf_counter() - started:.1f}s")
 
@@ -211,129 +238,159 @@ class ForesightPipeline:
         except InputError as exc:
             yield event("error", run.now(), stage="input", message=str(exc), recoverable=True)
             return
-        seed = random.randrange(2**31) if seed is None else int(seed)
-        condition_image = video_view(loaded, PRESETS[preset], notes)
         run_id = uuid.uuid4().hex[:12]
+        run.request = request = RunRequest(
+            image=loaded, condition_image=video_view(loaded, PRESETS[preset], notes), question=prompt, preset=preset,
+            mode=mode, seed=random.randrange(2**31) if seed is None else int(seed),
+            mp4_path=Path(out_dir) / f"{video_name or run_id}.mp4", reasoning=reasoning, video=video,
+            frame_events=frame_events)
         yield event("thinking_start", run.now(), run_id=run_id, preset=preset, mode=mode,
-                    width=condition_image.width, height=condition_image.height,
-                    num_frames=PRESETS[preset].num_frames, fps=PRESETS[preset].fps, seed=seed,
+                    width=request.condition_image.width, height=request.condition_image.height,
+                    num_frames=PRESETS[preset].num_frames, fps=PRESETS[preset].fps, seed=request.seed,
                     num_steps=self.models.settings.sampling.num_steps, note=note, input_notes=notes)
-        yield from self._conduct(run, loaded, condition_image, prompt, preset, mode, seed,
-                                 Path(out_dir) / f"{video_name or run_id}.mp4", reasoning, video, frame_events)
+        yield from self._conduct(run)
 
-    def _conduct(self, run: Run, image, condition_image, prompt: str, preset: str, mode: str, seed: int,
-                 mp4_path: Path, reasoning: str | None, video: bool, frame_events: bool) -> Iterator[dict]:
-        """The timeline of one run; the only place that decides what happens next."""
-        settings = self.models.settings
-        thinker, renderer, _ = self._workers()
-        jobs: list[Future] = []
-        text, prediction, video_url = "", None, None
-        first: dict[str, float | None] = {"ttft": None, "first_frame": None, "video_ready": None}
-        rendering: VideoJob | None = None
-        video_start = None
-        patch_tokens = None
-        # The condition image's preparation needs nothing but the image: it runs on the copier while Qwen prefills.
-        prepared = self._copier.submit(self._prepare, run, condition_image) if video else None
+    # --- the timeline: the only place that decides what happens next ----------------------------
 
-        def start_video(job: VideoJob) -> None:
-            nonlocal rendering, video_start
-            rendering, video_start = job, video_start or round(run.now(), 4)
-            run.pacer.hold(settings.text_pace)  # 3. the video gets the GPU; the text reads at a human pace
-            jobs.append(renderer.submit(self._render, run, job, seed, mp4_path, frame_events))
-
-        def video_job(**conditioning) -> VideoJob:
-            return VideoJob(PRESETS[preset], condition_image, prepared, image, prompt, patch_tokens=patch_tokens,
-                            **conditioning)
-
-        def text_job(line: str) -> VideoJob:
-            return video_job(prompt=line)
-
+    def _conduct(self, run: Run) -> Iterator[dict]:
+        """The timeline of one run, as the workers' messages tell it."""
         try:
-            if reasoning is None:  # 1. the prefill, then 2. the text streams
-                jobs.append(thinker.submit(self._think, run, image, prompt, mode == "fused" and video))
-                if mode == "fused" and video and settings.vision_early:  # DINOv2 beside the prefill
-                    patch_tokens = renderer.submit(self._see, run, image)
-            else:  # a video-only retry: the text exists already
-                text = reasoning
-                if video:
-                    prediction = prediction_from(reasoning) if mode == "text" else None
-                    start_video(text_job(prediction) if mode == "text" else video_job())
-            finished = 0
-            while finished < len(jobs):
+            self._begin(run)
+            while run.finished < len(run.jobs):
                 message = run.next_message()
-                kind, data = message.kind, message.data
-                if kind == "done":
-                    finished += 1
-                    if data["worker"] == "text" and mode == "text" and video and rendering is None \
-                            and not run.stop.is_set():  # the text ended before a line did: use what there is
-                        prediction = prediction_from(text)
-                        start_video(text_job(prediction))
-                elif kind == "first_token":
-                    if data["capture"] is not None:  # fused: the prefill's states exist, the video can start
-                        start_video(video_job(states=data["capture"]))
-                elif kind == "text":
-                    text += data["chunk"]
-                    first["ttft"] = first["ttft"] or round(data["t"], 4)
-                    yield event("text_chunk", data["t"], content=data["chunk"])
-                    if mode == "text" and video and rendering is None:  # text: the video waits for the prediction
-                        if vlm_stage.prediction_line(text) is not None \
-                                or len(run.token_times) >= settings.prediction_max_tokens:
-                            prediction = prediction_from(text)
-                            start_video(text_job(prediction))
-                elif kind == "text_failed":
-                    yield event("error", run.now(), stage="text", recoverable=True,
-                                message=f"The reasoning stopped early: {data['message']}")
-                elif kind in ("preview", "frame"):
-                    first["first_frame"] = first["first_frame"] or round(data["t"], 4)
-                    yield event("video_frame", data["t"], **{k: v for k, v in data.items() if k != "t"})
-                elif kind == "video_done":  # 5. the rest of the text runs at full speed
-                    run.pacer.release()
-                    first["video_ready"], video_url = round(data["t"], 4), str(mp4_path)
-                    yield event("video_complete", data["t"], video_url=video_url, num_frames=data["num_frames"],
-                                fps=data["fps"])
-                elif kind == "out_of_memory":
-                    smaller = SMALLER_PRESET.get(rendering.preset.name)
-                    if smaller is None:
-                        run.pacer.release()
-                        yield event("error", run.now(), stage="video", recoverable=True,
-                                    message="The video could not be made: out of GPU memory even at the "
-                                            f"{rendering.preset.name} preset.")
-                    else:
-                        torch.cuda.empty_cache()
-                        yield event("error", run.now(), stage="video", recoverable=True, retry_preset=smaller,
-                                    message=f"Out of GPU memory at the {rendering.preset.name} preset; "
-                                            f"retrying at {smaller}.")
-                        start_video(replace(rendering, preset=PRESETS[smaller],
-                                            condition_image=video_view(image, PRESETS[smaller]), prepared=None))
-                elif kind == "video_failed":
-                    run.pacer.release()
-                    yield event("error", run.now(), stage="video", recoverable=True,
-                                message=f"The video could not be made: {data['message']}")
-            yield event("thinking_complete", run.now(), text=text, video_url=video_url, stopped=run.stop.is_set(),
-                        mode=mode, seed=seed, prediction=prediction,
-                        preset=rendering.preset.name if rendering else preset, **first,
-                        tokens=len(run.token_times), token_times=[round(t, 4) for t in run.token_times],
-                        video_start=video_start, overhead_s={k: round(v, 4) for k, v in run.seconds.items()},
-                        spans=run.trace.spans())
+                match message.kind:
+                    case "first_token":
+                        happened = self._on_first_token(run, message.data)
+                    case "text":
+                        happened = self._on_text(run, message.data)
+                    case "preview" | "frame":
+                        happened = self._on_frame(run, message.data)
+                    case "video_done":
+                        happened = self._on_video_done(run, message.data)
+                    case "out_of_memory":
+                        happened = self._on_out_of_memory(run)
+                    case "text_failed" | "video_failed":
+                        happened = self._on_failure(run, message)
+                    case "done":
+                        happened = self._on_done(run, message.data)
+                if happened is not None:
+                    yield happened
+            yield self._completed(run)
         finally:  # also on Stop / a closed client: end both workers at their next step
-            run.stop.set()
-            run.pacer.release()
-            for job in jobs:
-                job.exception()  # waits; the workers report their own failures as messages
-            for early in (patch_tokens, prepared):  # work begun early: none left after the run
-                if early is not None and not early.cancel():
-                    early.exception()
+            self._end(run)
 
-    def _think(self, run: Run, image, prompt: str, capture_states: bool) -> None:
+    def _begin(self, run: Run) -> None:
+        """1. The prefill, then 2. the text; or, for a video-only retry, the video at once."""
+        request, workers = run.request, self._workers()
+        if request.video:  # the condition image's preparation needs nothing but the image: beside the prefill
+            run.early["prepared"] = workers.copier.submit(self._prepare, run, request.condition_image)
+        if request.reasoning is None:
+            fused_video = request.mode == "fused" and request.video
+            run.jobs.append(workers.thinker.submit(self._think, run, fused_video))
+            if fused_video and self.models.settings.vision_early:  # DINOv2 beside the prefill
+                run.early["patch_tokens"] = workers.renderer.submit(self._see, run, request.image)
+        else:
+            run.text = request.reasoning
+            if request.video:
+                self._start_video(run, prompt=prediction_from(run.text) if request.mode == "text" else None)
+
+    def _start_video(self, run: Run, job: VideoJob | None = None, **conditioning) -> None:
+        """3. The video gets the GPU, and the text reads at a human pace meanwhile."""
+        request = run.request
+        if job is None:
+            run.prediction = conditioning.get("prompt")
+            job = VideoJob(PRESETS[request.preset], request.condition_image, run.early.get("prepared"), request.image,
+                           request.question, patch_tokens=run.early.get("patch_tokens"), **conditioning)
+        run.rendering, run.video_start = job, run.video_start or round(run.now(), 4)
+        run.pacer.hold(self.models.settings.text_pace)
+        run.jobs.append(self._workers().renderer.submit(self._render, run, job))
+
+    def _waits_for_its_line(self, run: Run) -> bool:
+        """Text mode's video, not started yet: it waits for the prediction line."""
+        return run.request.mode == "text" and run.request.video and run.rendering is None
+
+    def _on_first_token(self, run: Run, data: dict) -> None:
+        if data["capture"] is not None:  # fused: the prefill's states exist, the video can start
+            self._start_video(run, states=data["capture"])
+
+    def _on_text(self, run: Run, data: dict) -> dict:
+        run.text += data["chunk"]
+        run.moments["ttft"] = run.moments["ttft"] or round(data["t"], 4)
+        if self._waits_for_its_line(run) and (vlm_stage.prediction_line(run.text) is not None or
+                                              len(run.token_times) >= self.models.settings.prediction_max_tokens):
+            self._start_video(run, prompt=prediction_from(run.text))
+        return event("text_chunk", data["t"], content=data["chunk"])
+
+    def _on_frame(self, run: Run, data: dict) -> dict:
+        run.moments["first_frame"] = run.moments["first_frame"] or round(data["t"], 4)
+        return event("video_frame", data["t"], **{k: v for k, v in data.items() if k != "t"})
+
+    def _on_video_done(self, run: Run, data: dict) -> dict:
+        """5. The rest of the text runs at full speed."""
+        run.pacer.release()
+        run.moments["video_ready"], run.video_url = round(data["t"], 4), str(run.request.mp4_path)
+        return event("video_complete", data["t"], video_url=run.video_url, num_frames=data["num_frames"],
+                     fps=data["fps"])
+
+    def _on_out_of_memory(self, run: Run) -> dict:
+        """One preset smaller, until the smallest; then the video is given up, the text goes on."""
+        preset = run.rendering.preset.name
+        smaller = SMALLER_PRESET.get(preset)
+        if smaller is None:
+            run.pacer.release()
+            return event("error", run.now(), stage="video", recoverable=True,
+                         message=f"The video could not be made: out of GPU memory even at the {preset} preset.")
+        torch.cuda.empty_cache()
+        self._start_video(run, replace(run.rendering, preset=PRESETS[smaller], prepared=None,
+                                       condition_image=video_view(run.request.image, PRESETS[smaller])))
+        return event("error", run.now(), stage="video", recoverable=True, retry_preset=smaller,
+                     message=f"Out of GPU memory at the {preset} preset; retrying at {smaller}.")
+
+    def _on_failure(self, run: Run, message: Message) -> dict:
+        if message.kind == "text_failed":
+            return event("error", run.now(), stage="text", recoverable=True,
+                         message=f"The reasoning stopped early: {message.data['message']}")
+        run.pacer.release()
+        return event("error", run.now(), stage="video", recoverable=True,
+                     message=f"The video could not be made: {message.data['message']}")
+
+    def _on_done(self, run: Run, data: dict) -> None:
+        run.finished += 1
+        if data["worker"] == "text" and self._waits_for_its_line(run) and not run.stop.is_set():
+            self._start_video(run, prompt=prediction_from(run.text))  # the text ended before a line did
+
+    def _completed(self, run: Run) -> dict:
+        request = run.request
+        return event("thinking_complete", run.now(), text=run.text, video_url=run.video_url,
+                     stopped=run.stop.is_set(), mode=request.mode, seed=request.seed, prediction=run.prediction,
+                     preset=run.rendering.preset.name if run.rendering else request.preset, **run.moments,
+                     tokens=len(run.token_times), token_times=[round(t, 4) for t in run.token_times],
+                     video_start=run.video_start, overhead_s={k: round(v, 4) for k, v in run.seconds.items()},
+                     spans=run.trace.spans())
+
+    @staticmethod
+    def _end(run: Run) -> None:
+        """Stop both workers at their next token or step and wait for them; no early work left behind."""
+        run.stop.set()
+        run.pacer.release()
+        for job in run.jobs:
+            job.exception()  # waits; the workers report their own failures as messages
+        for early in run.early.values():
+            if not early.cancel():
+                early.exception()
+
+    # --- the workers: they do the work and report it as messages -----------------------------------
+
+    def _think(self, run: Run, capture_states: bool) -> None:
         """The thinker's work: Qwen's prefill and streamed decode, reported as messages."""
-        trace, capture = run.trace, None
+        trace, capture, request = run.trace, None, run.request
         try:
             if run.stop.is_set():  # stopped while queued behind another run
                 return
             if capture_states:  # hooked on the thinker's turn, so it sees this run's prefill only
                 capture = vlm_stage.PrefillCapture(self.models.vlm, self.models.settings.hidden_layer)
             with trace.span("text", "VLM processor", gpu=False):
-                inputs = vlm_stage.build_inputs(self.models, image, prompt)
+                inputs = vlm_stage.build_inputs(self.models, request.image, request.question)
             with trace.span("text", "Qwen vision tower"):
                 inputs = vlm_stage.encode_image(self.models, inputs)
             prefill = trace.mark(gpu=False)
@@ -348,7 +405,7 @@ class ForesightPipeline:
                 run.post("text", chunk=chunk, t=run.now())
 
             vlm_stage.stream_reasoning(self.models, inputs, on_text, run.stop, capture=capture, on_token=on_token,
-                                       static_cache=self._static_cache, before_next=run.pacer.wait)
+                                       static_cache=self._workers().static_cache, before_next=run.pacer.wait)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a message; the video may still run
             run.post("text_failed", message=str(exc))
         finally:
@@ -356,51 +413,30 @@ class ForesightPipeline:
                 capture.remove()
             run.post("done", worker="text")
 
-    def _render(self, run: Run, job: VideoJob, seed: int, mp4_path: Path, frame_events: bool) -> None:
+    def _render(self, run: Run, job: VideoJob) -> None:
         """The renderer's work: conditioning, denoising with previews, frames and the mp4."""
-        models, trace, preset = self.models, run.trace, job.preset
+        models, preset, copier = self.models, job.preset, self._workers().copier
         previews: list[Future] = []
         mp4: Future | None = None
         try:
             if run.stop.is_set():  # stopped while queued behind another run
                 return
-            mp4 = self._copier.submit(Mp4Writer, mp4_path, job.condition_image.width, job.condition_image.height,
-                                      preset.fps)
-            if job.prompt is not None:
-                with trace.span("video", "T5"):
-                    embeds, mask = video_stage.text_conditioning(models, job.prompt)
-            else:
-                if job.states is not None and job.states.states is not None:
-                    states = job.states.states_here()
-                else:  # a video-only retry: one forward pass over the prompt
-                    with trace.span("video", "VLM states"):
-                        states = vlm_stage.prefill_states(models, vlm_stage.build_inputs(models, job.image,
-                                                                                         job.question))
-                early = job.patch_tokens
-                patch_tokens = early.result() if early is not None and early.exception() is None \
-                    else self._see(run, job.image)  # read now: not begun early, or it failed (read again)
-                with trace.span("video", "bridge"):
-                    embeds, mask = video_stage.fused_conditioning(models, patch_tokens, states)
-            num_steps = models.settings.sampling.num_steps
+            mp4 = copier.submit(Mp4Writer, run.request.mp4_path, job.condition_image.width,
+                                job.condition_image.height, preset.fps)
+            embeds, mask = self._conditioning(run, job)
 
             def on_preview(step: int, rgb: torch.Tensor) -> None:
-                ready = self._host.ready_marker()  # the decode is queued; the copy waits for it elsewhere
-                previews.append(self._copier.submit(self._post_preview, run, rgb, ready, step, num_steps, preset))
+                ready = self._workers().host.ready_marker()  # the decode is queued; the copy waits for it elsewhere
+                previews.append(copier.submit(self._post_preview, run, rgb, ready, step, preset))
 
             condition = job.prepared.result() if job.prepared is not None else self._prepare(run, job.condition_image)
-            frames = video_stage.render(models, condition, preset.num_frames, preset.fps, seed, embeds, mask,
-                                        run.stop, on_preview=on_preview, trace=trace, graphs=self._video_graphs)
+            frames = video_stage.render(models, condition, preset.num_frames, preset.fps, run.request.seed, embeds,
+                                        mask, run.stop, on_preview=on_preview, trace=run.trace,
+                                        graphs=self._video_graphs)
             for preview in previews:
                 preview.result()
-            with trace.span("host", "mp4", gpu=False):
-                started = time.perf_counter()
-                if frame_events:  # the frames' JPEGs beside the mp4
-                    encoding = self._copier.submit(self._post_frames, run, frames)
-                mp4.result().write(frames.numpy())
-                mp4 = None
-                run.seconds["mp4"] = time.perf_counter() - started
-                if frame_events:
-                    encoding.result()
+            self._write_mp4(run, frames, mp4.result())
+            mp4 = None
             run.post("video_done", t=run.now(), num_frames=len(frames), fps=preset.fps)
         except video_stage.Stopped:
             pass
@@ -415,6 +451,35 @@ class ForesightPipeline:
                 mp4.result().abort()
             run.post("done", worker="video")
 
+    def _conditioning(self, run: Run, job: VideoJob) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the video is conditioned on: T5 of the prediction line, or the bridge of DINOv2's
+        tokens and the prefill's states (of one forward pass, for a video-only retry)."""
+        models, trace = self.models, run.trace
+        if job.prompt is not None:
+            with trace.span("video", "T5"):
+                return video_stage.text_conditioning(models, job.prompt)
+        if job.states is not None and job.states.states is not None:
+            states = job.states.states_here()
+        else:
+            with trace.span("video", "VLM states"):
+                states = vlm_stage.prefill_states(models, vlm_stage.build_inputs(models, job.image, job.question))
+        early = job.patch_tokens
+        patch_tokens = early.result() if early is not None and early.exception() is None \
+            else self._see(run, job.image)  # read now: not begun early, or it failed (read again)
+        with trace.span("video", "bridge"):
+            return video_stage.fused_conditioning(models, patch_tokens, states)
+
+    def _write_mp4(self, run: Run, frames: torch.Tensor, writer: Mp4Writer) -> None:
+        """The mp4 (its ffmpeg started while the video denoised); the frames' JPEGs beside it if asked."""
+        with run.trace.span("host", "mp4", gpu=False):
+            started = time.perf_counter()
+            encoding = self._workers().copier.submit(self._post_frames, run, frames) \
+                if run.request.frame_events else None
+            writer.write(frames.numpy())
+            run.seconds["mp4"] = time.perf_counter() - started
+            if encoding is not None:
+                encoding.result()
+
     def _prepare(self, run: Run, image):
         """LTX's condition image as its authors prepare it (blur, one H.264 frame): host work."""
         with run.trace.span("host", "condition image", gpu=False):
@@ -425,11 +490,11 @@ class ForesightPipeline:
         with run.trace.span("video", "DINOv2"):
             return video_stage.vision_tokens(self.models, image)
 
-    def _post_preview(self, run: Run, rgb: torch.Tensor, ready, step: int, num_steps: int, preset: Preset) -> None:
+    def _post_preview(self, run: Run, rgb: torch.Tensor, ready, step: int, preset: Preset) -> None:
         with run.trace.span("host", f"preview {step} to JPEG", gpu=False):
-            data = run.jpeg(self._host.to_host(rgb, ready).numpy())
+            data = run.jpeg(self._workers().host.to_host(rgb, ready).numpy())
         run.post("preview", t=run.now(), frame_index=preset.num_frames - 1, total_frames=preset.num_frames,
-                 kind="preview", step=step, num_steps=num_steps, data=data)
+                 kind="preview", step=step, num_steps=self.models.settings.sampling.num_steps, data=data)
 
     @staticmethod
     def _post_frames(run: Run, frames: torch.Tensor) -> None:
