@@ -132,27 +132,50 @@ def queue_position(demo: gr.Blocks, session_hash: str) -> tuple[int, float | Non
     return None
 
 
-def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blocks:
-    """The page. `pipe` is a ForesightPipeline; nothing here touches a model directly.
+def follow(events, record: dict):
+    """The pipeline's events, passed on, with `record` kept up to date: its text, its latest preview
+    (as a file), its video, what was said about it."""
+    for ev in events:
+        if ev["type"] == "thinking_start":
+            record.update(mode=ev["mode"], size=rendering_line(ev), notes=[n for n in [ev["note"], *ev["input_notes"]]
+                                                                          if n])
+        elif ev["type"] == "text_chunk":
+            record["text"] += ev["content"]
+        elif ev["type"] == "video_frame":
+            record["preview"] = str(Path(record["folder"]) / f"preview-{ev['step']}.jpg")
+            Path(record["preview"]).write_bytes(base64.b64decode(ev["data"]))
+        elif ev["type"] == "video_complete":
+            record.update(video=ev["video_url"], video_error=None)
+        elif ev["type"] == "error" and ev["stage"] == "video" and not ev.get("retry_preset"):
+            record["video_error"] = ev["message"]
+        elif ev["type"] == "error" and ev["stage"] == "input":  # refused before any model work
+            record["error"] = ev["message"]
+        elif ev["type"] == "error":
+            record["notes"].append(ev["message"])
+        elif ev["type"] == "thinking_complete":
+            record.update({k: ev[k] for k in ("stopped", "prediction", "ttft", "first_frame", "video_ready")})
+        yield ev
 
-    Streaming handlers yield plain values, never gr.update()/gr.skip(): in Gradio 6.31 a prop update
-    yielded from a generator leaves a new component in the session for as long as it lives
-    (docs/PITFALLS.md). The preview and the video share one place through CSS (the video hides
-    the preview once it has a source).
-    """
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    modes = pipe.models.modes
 
-    def stream(image_path, question, preset, mode, seed, stop, record):
-        """The pipeline's events for one run, with `record` kept up to date (its text, its latest
-        preview as a file, its video); the run works on its own copy of the upload, in its folder,
-        which its history and a retry use too."""
+class Page:
+    """The page's handlers, one for each thing a visitor does. They hold the pipeline and the page's
+    settings and touch no model. Streaming handlers yield plain values, never gr.update()/gr.skip():
+    in Gradio 6.31 a prop update yielded from a generator leaves a new component in the session for
+    as long as it lives (docs/PITFALLS.md)."""
+
+    def __init__(self, pipe, default_preset: str = "default"):
+        self.pipe, self.default_preset = pipe, default_preset
+        self.demo: gr.Blocks | None = None  # set by build_demo: the queue the waiting line reads
+
+    def stream(self, image_path, question, preset, mode, seed, stop, record):
+        """The pipeline's events for one run, with `record` kept up to date; the run works on its own
+        copy of the upload, in its folder, which its history and a retry use too."""
         folder = storage.run_folder(OUTPUT_DIR, uuid.uuid4().hex[:12])
         upload = storage.keep_upload(image_path, folder)
         record.update(folder=str(folder), upload=upload and str(upload), name=storage.video_name(image_path, seed),
                       question=question or "", preset=preset, seed=seed, text="", notes=[], preview=None, video=None)
-        events = pipe(upload, prompt=question or "", preset=preset, mode=None if mode == "auto" else mode,
-                      seed=seed, out_dir=folder, stop=stop, video_name=record["name"])
+        events = self.pipe(upload, prompt=question or "", preset=preset, mode=None if mode == "auto" else mode,
+                           seed=seed, out_dir=folder, stop=stop, video_name=record["name"])
         try:
             yield from follow(events, record)
         finally:
@@ -161,42 +184,18 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
                 shutil.rmtree(folder, ignore_errors=True)
             storage.keep_newest_runs(OUTPUT_DIR, MAX_OUTPUT_RUNS)
 
-    def follow(events, record):
-        """Keep `record` up to date from the events as they pass."""
-        for ev in events:
-            if ev["type"] == "thinking_start":
-                record.update(mode=ev["mode"], size=rendering_line(ev),
-                              notes=[n for n in [ev["note"], *ev["input_notes"]] if n])
-            elif ev["type"] == "text_chunk":
-                record["text"] += ev["content"]
-            elif ev["type"] == "video_frame":
-                record["preview"] = str(Path(record["folder"]) / f"preview-{ev['step']}.jpg")
-                Path(record["preview"]).write_bytes(base64.b64decode(ev["data"]))
-            elif ev["type"] == "video_complete":
-                record.update(video=ev["video_url"], video_error=None)
-            elif ev["type"] == "error" and ev["stage"] == "video" and not ev.get("retry_preset"):
-                record["video_error"] = ev["message"]
-            elif ev["type"] == "error" and ev["stage"] == "input":  # refused before any model work
-                record["error"] = ev["message"]
-            elif ev["type"] == "error":
-                record["notes"].append(ev["message"])
-            elif ev["type"] == "thinking_complete":
-                record.update({k: ev[k] for k in ("stopped", "prediction", "ttft", "first_frame", "video_ready")})
-            yield ev
-
-    def begin():
+    def on_generate(self):
         """Clear the last run, lock Generate until this one has really ended, and say it is waiting."""
         control = {"stop": threading.Event()}
         return ("", None, None, "", "Waiting for the GPU…", control, {}, gr.update(interactive=False),
                 gr.update(interactive=True), gr.update(visible=False), gr.Timer(active=True))
 
-    @gpu
-    def run(image, question, preset, mode, seed, randomize, control):
+    def generate(self, image, question, preset, mode, seed, randomize, control):
         """One run for the page: text, preview then video in one place, status in words."""
         stop = (control or {}).get("stop") or threading.Event()
         seed = random.randrange(2**31) if randomize else int(seed or 0)
         record, status = {}, "Thinking…"
-        for ev in stream(image, question, preset, mode, seed, stop, record):
+        for ev in self.stream(image, question, preset, mode, seed, stop, record):
             if record.get("error"):
                 log.info("refused an input: %s", record["error"])
                 status = refusal(record["error"])
@@ -208,13 +207,13 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
                 status = summary(record)
             yield record["text"], record["preview"], record["video"], caption(record), status, record
 
-    def stop_run(control):
-        """Stop is a state: the run ends at its next token or denoising step, then `finish` unlocks."""
+    def on_stop(self, control):
+        """Stop is a state: the run ends at its next token or denoising step, then `on_run_end` unlocks."""
         if control and control.get("stop"):
             control["stop"].set()
         return "Stopping…", gr.update(interactive=False)
 
-    def finish(record, history):
+    def on_run_end(self, record, history):
         """The run has ended on the server: unlock Generate, keep it in the history."""
         try:
             if record.get("video"):
@@ -229,20 +228,19 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         return (history, gallery, gr.update(visible=bool(record.get("video_error"))), gr.update(interactive=True),
                 gr.update(interactive=False), gr.Timer(active=False), "")
 
-    def begin_retry():
-        """Like `begin`, but the run's text stays: only its video is rendered again."""
+    def on_retry(self):
+        """Like `on_generate`, but the run's text stays: only its video is rendered again."""
         control = {"stop": threading.Event()}
         return ("Rendering the video again…", control, gr.update(interactive=False), gr.update(interactive=True),
                 gr.update(visible=False))
 
-    @gpu
-    def retry_video(record, control):
+    def retry_video(self, record, control):
         """Render the video again for the run's own image and text, without a new reasoning stream."""
         stop = (control or {}).get("stop") or threading.Event()
         again = {**record, "video": None, "preview": None, "video_error": None}
-        events = pipe(record["upload"], prompt=record["question"], preset=record["preset"], mode=record["mode"],
-                      seed=record["seed"], out_dir=record["folder"], stop=stop, reasoning=record["text"],
-                      video_name=record["name"] + "-retry")
+        events = self.pipe(record["upload"], prompt=record["question"], preset=record["preset"], mode=record["mode"],
+                           seed=record["seed"], out_dir=record["folder"], stop=stop, reasoning=record["text"],
+                           video_name=record["name"] + "-retry")
         status = "Rendering the video again…"
         for ev in follow(events, again):
             if ev["type"] == "video_frame":
@@ -253,18 +251,18 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
                 status = summary(again)
             yield again["preview"], again["video"], status, again
 
-    def show_history(history, evt: gr.SelectData):
+    def on_history_select(self, history, evt: gr.SelectData):
         """Restore a whole run: its input, question, preset, seed, text, video and what was said."""
         item = history[evt.index]
         return (item["input"], item["question"], item["preset"], item["seed"], False, item["text"],
                 item.get("preview"), item["video"], caption(item), summary(item), item)
 
-    def waiting(request: gr.Request):
+    def on_tick(self, request: gr.Request):
         """The timer's tick while a run is on the way: its place in Gradio's queue, in words."""
-        position = queue_position(demo, request.session_hash)
+        position = queue_position(self.demo, request.session_hash)
         return "" if position is None or position[0] == 0 else waiting_line(*position)
 
-    def on_upload(image):
+    def on_upload(self, image):
         """Refuse a file that is not an image, or too big, when it is uploaded, not only at Generate:
         from its header, so that the run decodes it once."""
         if image is None:
@@ -276,16 +274,31 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
             return None, refusal(str(exc))
         return image, "  \n".join(["Ready."] + [f"ℹ️ {note}" for note in notes])
 
-    @gpu
-    def predict(image, prompt="", preset=default_preset):
-        """API: think about the image and render what happens next; streams (text, preview, video)."""
+    def predict(self, image, prompt: str = "", preset: str | None = None):
+        """Look at one image, reason about it out loud, and render a short video of what happens next.
+
+        Args:
+            image: the picture to look at (a file or an http(s) URL of a PNG, JPEG, WebP or GIF)
+            prompt: an optional question about the picture, e.g. "What will the dog do next?"
+            preset: the video's size: "fast" (256x256, 1.1 s), "default" (512x512, 2.1 s) or "high" (768x768, 2.7 s)
+        Returns:
+            the model's reasoning (its first line is its one-sentence prediction), the clip's last
+            preview frame, and the clip as an mp4
+        """
         record = {}
-        for _ in stream(image, prompt, preset, "auto", random.randrange(2**31), threading.Event(), record):
+        for _ in self.stream(image, prompt, preset or self.default_preset, "auto", random.randrange(2**31),
+                             threading.Event(), record):
             if record.get("error"):
                 log.info("refused an API input: %s", record["error"])
                 raise gr.Error(record["error"], print_exception=False)
             yield record["text"], record["preview"], record["video"]
 
+
+def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blocks:
+    """The page's layout and wiring; `Page` holds what each event does. The preview and the video
+    share one place through CSS (the video hides the preview once it has a source)."""
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    page = Page(pipe, default_preset)
     with gr.Blocks(title="Foresight", delete_cache=(CACHE_TTL_S, CACHE_TTL_S)) as demo:
         gr.Markdown("# Foresight\nDrop an image. The model thinks out loud and shows what happens next.")
         with gr.Row():
@@ -297,7 +310,7 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
                 preset = gr.Radio([(preset_label(name), name) for name in PRESETS], value=default_preset,
                                   label="Video", elem_id="preset")
                 with gr.Accordion("Options", open=False):
-                    mode = gr.Radio([c for c in MODE_CHOICES if c[1] in ["auto", *modes]], value="auto",
+                    mode = gr.Radio([c for c in MODE_CHOICES if c[1] in ["auto", *pipe.models.modes]], value="auto",
                                     label="Conditioning", elem_id="mode")
                     with gr.Row():
                         seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed", interactive=False)
@@ -329,23 +342,25 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
 
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
         private = dict(api_visibility="private", show_progress="hidden")  # the status line says it in words
-        ended = dict(fn=finish, inputs=[record, history],
+        ended = dict(fn=page.on_run_end, inputs=[record, history],
                      outputs=[history, gallery, retry, generate, stop, timer, queue_note], **private)
-        started = generate.click(begin, outputs=[reasoning, preview, video, shown, status, control, record, generate,
-                                                 stop, retry, timer], queue=False, **private)
-        started.then(run, inputs=[image, question, preset, mode, seed, randomize, control],
+        started = generate.click(page.on_generate, outputs=[reasoning, preview, video, shown, status, control, record,
+                                                            generate, stop, retry, timer], queue=False, **private)
+        started.then(gpu(page.generate), inputs=[image, question, preset, mode, seed, randomize, control],
                      outputs=[reasoning, preview, video, shown, status, record], **gpu_queue, **private).then(**ended)
-        stop.click(stop_run, inputs=[control], outputs=[status, stop], queue=False, **private)
-        again = retry.click(begin_retry, outputs=[status, control, generate, stop, retry], queue=False, **private)
-        again.then(retry_video, inputs=[record, control], outputs=[preview, video, status, record],
+        stop.click(page.on_stop, inputs=[control], outputs=[status, stop], queue=False, **private)
+        again = retry.click(page.on_retry, outputs=[status, control, generate, stop, retry], queue=False, **private)
+        again.then(gpu(page.retry_video), inputs=[record, control], outputs=[preview, video, status, record],
                    **gpu_queue, **private).then(**ended)
-        timer.tick(waiting, outputs=[queue_note], queue=False, **private)
-        image.upload(on_upload, inputs=[image], outputs=[image, status], queue=False, **private)
+        timer.tick(page.on_tick, outputs=[queue_note], queue=False, **private)
+        image.upload(page.on_upload, inputs=[image], outputs=[image, status], queue=False, **private)
         randomize.change(lambda on: gr.update(interactive=not on), inputs=[randomize], outputs=[seed], **private)
-        gallery.select(show_history, inputs=[history], outputs=[image, question, preset, seed, randomize, reasoning,
-                                                                preview, video, shown, status, record], **private)
-        api_trigger.click(predict, inputs=[image, question, preset], outputs=[reasoning, preview, video],
+        gallery.select(page.on_history_select, inputs=[history],
+                       outputs=[image, question, preset, seed, randomize, reasoning, preview, video, shown, status,
+                                record], **private)
+        api_trigger.click(gpu(page.predict), inputs=[image, question, preset], outputs=[reasoning, preview, video],
                           api_name="predict", **gpu_queue)
+    page.demo = demo
     return demo
 
 
