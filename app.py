@@ -1,6 +1,6 @@
 """Foresight's web page: drop an image, watch the model think and the future render.
 
-    python app.py [--profile tiny|full|random-full] [--host H] [--port P] [--share] [--preset NAME]
+    python app.py [--profile tiny|full|random-full] [--host H] [--port P] [--share] [--preset NAME] [--mcp]
 
 Every flag has an environment variable (FORESIGHT_PROFILE, FORESIGHT_HOST, FORESIGHT_PORT,
 FORESIGHT_SHARE, FORESIGHT_PRESET, ...) so a Hugging Face Space can set them. This file is the
@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import io
 import logging
 import os
 import random
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -282,8 +285,9 @@ class Page:
             prompt: an optional question about the picture, e.g. "What will the dog do next?"
             preset: the video's size: "fast" (256x256, 1.1 s), "default" (512x512, 2.1 s) or "high" (768x768, 2.7 s)
         Returns:
-            the model's reasoning (its first line is its one-sentence prediction), the clip's last
-            preview frame, and the clip as an mp4
+            the model's reasoning, whose first line is its prediction of what happens next
+            the clip's last preview frame (a JPEG)
+            the clip (an mp4)
         """
         record = {}
         for _ in self.stream(image, prompt, preset or self.default_preset, "auto", random.randrange(2**31),
@@ -383,6 +387,8 @@ def parse_args(argv=None):
                         help="a bridge checkpoint folder for fused mode (default: the first fitting one in weights/)")
     parser.add_argument("--no-text-mode", action="store_true",
                         help="skip T5-XXL (9.5 GB) when a bridge runs fused mode (also FORESIGHT_TEXT_MODE=0)")
+    parser.add_argument("--mcp", action="store_true", default=env("FORESIGHT_MCP", "") in ("1", "true"),
+                        help="also serve /predict as a tool for agents (Model Context Protocol), at /gradio_api/mcp/")
     return parser.parse_args(argv)
 
 
@@ -392,15 +398,26 @@ def main(argv=None) -> None:
     handler.setFormatter(logging.Formatter("[foresight] %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    started = time.perf_counter()
     pipe, about = start(args.profile, text_mode=not args.no_text_mode, weights=args.weights,
                         log=lambda message: print(message, flush=True))
     demo = build_demo(pipe, default_preset=args.preset, about=about)
     storage.keep_swept(Path(gr.utils.get_upload_folder()), CACHE_TTL_S, CACHE_MAX_MB * 2**20,
                        keep=lambda: kept_files(demo))
-    demo.queue(max_size=args.queue_size).launch(
-        server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(OUTPUT_DIR)],
-        max_file_size=f"{MAX_UPLOAD_MB}mb",
-        show_error=True, css=CSS, footer_links=["api", "gradio", "settings"], run_history=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # Gradio's own lines; `ready_line` says what they would
+        demo.queue(max_size=args.queue_size).launch(
+            server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(OUTPUT_DIR)],
+            max_file_size=f"{MAX_UPLOAD_MB}mb", mcp_server=args.mcp, quiet=True, prevent_thread_lock=True,
+            show_error=True, css=CSS, footer_links=["api", "gradio", "settings"], run_history=False)
+    print(ready_line(demo, time.perf_counter() - started, args.mcp), flush=True)
+    demo.block_thread()
+
+
+def ready_line(demo: gr.Blocks, seconds: float, mcp: bool) -> str:
+    """The console's last start-up line, in place of Gradio's: where the page is, and how to share it."""
+    public = f"public link {demo.share_url}" if demo.share_url else "`python app.py --share` for a public link"
+    tool = f" · MCP tool `predict` at {demo.local_url}gradio_api/mcp/" if mcp else ""
+    return f"[foresight] ready in {seconds:.1f}s at {demo.local_url} · {public}{tool}"
 
 
 if __name__ == "__main__":

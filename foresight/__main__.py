@@ -128,15 +128,17 @@ def log(message: str) -> None:
 def run_command(args) -> int:
     """Load the models the command asks for, then run it."""
     from foresight.bridge import BridgeError
-    from foresight.inputs import InputError, load_image
+    from foresight.inputs import InputError, check_upload
+    from foresight.models import quiet_loaders
     from foresight.profiles import load, make_settings
 
     if args.command == "predict":
-        try:  # refuse a bad image before loading any model
-            load_image(args.image)
+        try:  # refuse a bad image, from its header, before loading any model
+            check_upload(args.image)
         except InputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    quiet_loaders()
     overrides = {}
     if getattr(args, "models_dir", None):
         overrides["models_dir"] = Path(args.models_dir)

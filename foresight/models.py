@@ -6,6 +6,7 @@ Everything loads in the settings' dtype (bf16 on CUDA), safetensors only, no rem
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,9 +56,8 @@ def load_models(settings: Settings, log: Callable[[str], None] = print,
 
     def step(what: str, model_id: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
-        log(f"[foresight] loading {what} {describe(model_id)} ...")
         out = fn()
-        log(f"[foresight] loaded {what} in {time.perf_counter() - start:.1f}s")
+        log(f"[foresight] {what}: {describe(model_id)}, loaded in {time.perf_counter() - start:.1f}s")
         return out
 
     bridge, bridge_note = load_bridge_for(settings)  # first: a refused --weights costs no model loading
@@ -79,6 +79,26 @@ def load_models(settings: Settings, log: Callable[[str], None] = print,
                                         lambda: load_video_pipeline(settings, with_t5))
     return Models(vlm_processor, vlm, vision_processor, vision, video_pipeline, bridge, bridge_note, settings,
                   video_checks)
+
+
+class _NothingKeptInFloat32(logging.Filter):
+    """diffusers 0.42 warns at every `.to(dtype)` of a model whose list of modules to keep in float32
+    is empty (`from_single_file` makes one such call per model): nothing to warn about."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kept in float32: []" not in record.getMessage()
+
+
+def quiet_loaders() -> None:
+    """The console at start-up: one line per model, none of the loaders' own progress bars
+    (FORESIGHT_PROGRESS=1 keeps them) or empty warnings. The hub's download bars stay."""
+    import diffusers
+    import transformers
+
+    logging.getLogger("diffusers.models.modeling_utils").addFilter(_NothingKeptInFloat32())
+    if os.environ.get("FORESIGHT_PROGRESS", "") not in ("1", "true"):
+        transformers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.disable_progress_bar()
 
 
 def load_bridge_for(settings: Settings) -> tuple[Bridge | None, str]:

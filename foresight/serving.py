@@ -3,12 +3,12 @@ visitors about it. The page (app.py) calls `start` and knows nothing of models."
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Callable
 
 from foresight.config import PRESETS, on_zero_gpu
 from foresight.pipeline import ForesightPipeline
+from foresight.models import quiet_loaders
 from foresight.profiles import PROFILES, load, make_settings
 
 __all__ = ["PROFILES", "about", "start"]
@@ -18,24 +18,20 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def start(profile: str | None = None, text_mode: bool = True, weights: str | None = None,
           log: Callable[[str], None] = print) -> tuple[ForesightPipeline, str]:
-    """Load the models and warm them up -> (the pipeline, an 'About' text for the page)."""
+    """Load the models and warm them up -> (the pipeline, an 'About' text for the page). The console
+    gets one line per model (its stand-in, when the profile has one, and its loading time)."""
     overrides = {} if text_mode else {"text_mode": False}
     if weights:
         overrides["weights"] = Path(weights)
+    quiet_loaders()
     settings = make_settings(profile, **overrides)
-    if settings.profile == "tiny":
-        log("[foresight] tiny profile: random-weight stand-ins, the text and video are noise. "
-            "On a CUDA GPU, start `python app.py --profile full` for the real models.")
-    elif settings.profile == "full":
+    if settings.profile == "full":
         log("[foresight] full profile: the first start downloads about 33 GB of weights from the hub.")
     pipe = ForesightPipeline(load(settings, log=log))
     if on_zero_gpu():
         log("[foresight] ZeroGPU: the GPU is lent per call, so there is no warm-up at start")
     else:
-        started = time.perf_counter()
-        log("[foresight] warming up ...")
-        pipe.warm_up(sorted(EXAMPLES.glob("*.jpg"))[0], log=log)
-        log(f"[foresight] warmed up in {time.perf_counter() - started:.1f}s")
+        pipe.warm_up(sorted(EXAMPLES.glob("*.jpg"))[0], log=log)  # what it says is what went wrong
     return pipe, about(pipe)
 
 

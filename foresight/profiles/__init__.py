@@ -42,9 +42,9 @@ def make_settings(profile: str | None = None, **overrides) -> Settings:
 def describe(settings: Settings) -> Callable[[str], str]:
     """How console lines name a model under this profile: a stand-in says what it is."""
     if settings.profile == "tiny":
-        return lambda model_id: f"(tiny random-weight stand-in for {model_id})"
+        return lambda model_id: f"tiny random-weight stand-in for {model_id}"
     if settings.profile == "random-full":
-        return lambda model_id: f"(full-size random-weight stand-in for {model_id})"
+        return lambda model_id: f"full-size random-weight stand-in for {model_id}"
     return str
 
 
