@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 import torch
 
@@ -47,17 +48,25 @@ class Pacer:
 
     Sleeping between tokens leaves no decode step queued on the GPU, so the renderer's steps run
     without waiting behind them. `release()` (the video is done, or Stop) wakes a waiting thinker.
+    `clock` and `sleep(seconds)` (which returns early on release) are the wall clock's unless a test
+    gives its own.
     """
 
-    def __init__(self):
+    def __init__(self, clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], object] | None = None):
         self._interval = 0.0
         self._next = 0.0
         self._wake = threading.Event()
+        self._clock, self._sleep = clock, sleep or self._wake.wait
+
+    @property
+    def held(self) -> bool:
+        return self._interval > 0
 
     def hold(self, rate: float) -> None:
         if rate > 0:
             self._wake.clear()
-            self._interval, self._next = 1.0 / rate, time.perf_counter()
+            self._interval, self._next = 1.0 / rate, self._clock()
 
     def release(self) -> None:
         self._interval = 0.0
@@ -67,9 +76,9 @@ class Pacer:
         interval = self._interval
         if interval <= 0:
             return
-        now = time.perf_counter()
+        now = self._clock()
         if self._next > now:
-            self._wake.wait(self._next - now)
+            self._sleep(self._next - now)
         self._next = max(self._next, now) + interval
 
 

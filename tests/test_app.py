@@ -35,7 +35,7 @@ def server(tmp_path_factory):
            "FORESIGHT_MAX_OUTPUT_RUNS": "2", "FORESIGHT_CACHE_TTL": str(CACHE_TTL_S),
            "FORESIGHT_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB)}
     log = open(tmp / "app.log", "w")
-    process = subprocess.Popen([sys.executable, "app.py", "--profile", "tiny", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "app.py", "--profile", "tiny", "--port", str(port), "--mcp"],
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
@@ -93,6 +93,49 @@ def test_predict_streams_text_then_previews_then_the_video(client):
     frames = iio.imread(video, plugin="FFMPEG")
     assert frames.shape[0] == 17 and frames.shape[-1] == 3
     assert re.fullmatch(r"cat-seed\d+\.mp4", Path(video).name), "the download is named after the input and seed"
+
+
+def test_the_console_at_start_up_is_one_line_per_model_and_then_where_to_go(server):
+    lines = server["log"].read_text().splitlines()
+    ready = next(i for i, line in enumerate(lines) if line.startswith("[foresight] ready in "))
+    assert [line.split(":")[0] for line in lines[:ready]] == ["[foresight] VLM", "[foresight] vision model",
+                                                              "[foresight] bridge", "[foresight] video model"]
+    assert all("tiny random-weight stand-in for" in line and "loaded in" in line
+               for line in lines[:ready] if "bridge" not in line)
+    assert f"at {server['url']}/" in lines[ready] and "python app.py --share" in lines[ready]
+    assert f"MCP tool `predict` at {server['url']}/gradio_api/mcp/" in lines[ready]
+    assert not any(word in line for line in lines[:ready + 1] for word in ("%|", "float32", "share=True"))
+
+
+def test_predict_is_a_tool_an_agent_can_call(server):
+    """`--mcp`: Gradio's MCP server lists /predict alone, described for an agent, and a call through
+    the protocol returns the reasoning and a video that decodes."""
+    import ast
+    import asyncio
+    import base64
+
+    import httpx
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    tools = httpx.get(f"{server['url']}/gradio_api/mcp/schema").json()
+    assert [tool["name"] for tool in tools] == ["predict"], "nothing private is a tool"
+    assert "render a short video of what happens next" in tools[0]["description"]
+    assert set(tools[0]["inputSchema"]["properties"]) == {"image", "prompt", "preset"}
+    image = "data:image/jpeg;base64," + base64.b64encode(Path(EXAMPLE).read_bytes()).decode()  # no URL to fetch
+
+    async def call():
+        async with streamable_http_client(f"{server['url']}/gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await session.call_tool("predict", {"image": image, "prompt": "", "preset": "fast"})
+
+    result = asyncio.run(call())
+    assert not result.isError, result.content
+    reasoning, preview, video = ast.literal_eval(result.content[0].text)  # the endpoint's three outputs
+    assert reasoning and preview["url"].endswith(".jpg") and video["url"].endswith(".mp4")
+    frames = iio.imread(httpx.get(video["url"]).content, extension=".mp4", plugin="FFMPEG")
+    assert frames.shape[0] == 17
 
 
 def test_bench_times_the_app_as_its_client_sees_it(server):

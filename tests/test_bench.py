@@ -26,19 +26,18 @@ def test_bench_measures_the_timeline_through_the_pipeline(pipe, photo, tmp_path)
 
 def test_bench_compares_variants_on_the_same_models(models, photo, tmp_path):
     before = models.settings
-    settings_list = variants(models.settings, ["dynamic", "static"], ["shared", "streams"], [0.0], [1])
+    settings_list = variants(models.settings, ["dynamic"], ["shared", "streams"], [30.0], [1])
     results = bench_variants(models, ["fast"], runs=1, settings_list=settings_list, modes=["fused", "text"],
                              image=photo, trace_dir=tmp_path)
-    assert list(results) == ["dynamic · shared · pace 0 · previews 1", "static · shared · pace 0 · previews 1",
-                             "dynamic · streams · pace 0 · previews 1", "static · streams · pace 0 · previews 1"]
+    assert list(results) == ["dynamic · shared · pace 30 · previews 1", "dynamic · streams · pace 30 · previews 1"]
     assert all(by_row[row]["video_ready"]["n"] == 1 for by_row in results.values() for row in ("fast/fused",
                                                                                              "fast/text"))
     assert models.settings == before  # left as they were
     table = format_table(results).splitlines()
     assert all(label in table[0] for _, label, _ in METRICS)
-    assert [row.split(" | ")[1] for row in table[2:6]] == list(results)
+    assert [row.split(" | ")[1] for row in table[2:4]] == list(results)
     pictures = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert len(pictures) == 8 and "fast-text-static-streams-pace-0-previews-1.png" in pictures
+    assert len(pictures) == 4 and "fast-text-dynamic-streams-pace-30-previews-1.png" in pictures
 
 
 def test_run_metrics_count_tokens_decoded_while_the_video_renders(pipe, photo, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,6 +18,17 @@ def run_cli(*args):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "foresight", *args], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=300)
+
+
+def in_process(capsys, *args):
+    """`python -m foresight ARGS` run in this process (the entry point itself is run as a subprocess once,
+    by the predict test below, which is what a user types):
+    (exit code, stdout, stderr)."""
+    from foresight.__main__ import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def test_predict_writes_video_event_log_and_timeline(photo, tmp_path):
@@ -40,42 +52,45 @@ def test_predict_writes_video_event_log_and_timeline(photo, tmp_path):
     assert picture.size[0] > 800 and np.asarray(picture.convert("L")).std() > 10  # drawn, not blank
 
 
-def test_predict_refuses_a_bad_image_in_one_line(tmp_path):
+def test_predict_refuses_a_bad_image_in_one_line(tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"nope")
-    result = run_cli("predict", str(tmp_path / "bad.png"), "--profile", "tiny")
-    assert result.returncode == 2
-    assert result.stderr.strip() == "error: That file could not be read as an image. Try a PNG or JPEG."
+    code, _, err = in_process(capsys, "predict", str(tmp_path / "bad.png"), "--profile", "tiny")
+    assert code == 2 and err.strip() == "error: That file could not be read as an image. Try a PNG or JPEG."
 
 
-def test_bench_prints_the_table_for_each_variant_and_draws_timelines(tmp_path):
-    result = run_cli("bench", "--profile", "tiny", "--preset", "fast", "--runs", "1", "--decode", "dynamic,static",
-                     "--mode", "fused,text", "--json", str(tmp_path / "bench.json"), "--trace", str(tmp_path / "t"),
-                     "--profile-first-token", str(tmp_path / "profile.txt"))
-    assert result.returncode == 0, result.stderr
-    rows = [line.split(" | ")[:2] for line in result.stdout.splitlines() if line.startswith("| fast/")]
-    assert rows == [["| fast/fused", "dynamic · shared · pace 0 · previews 1"], ["| fast/fused", "static · shared · pace 0 · previews 1"],
-                    ["| fast/text", "dynamic · shared · pace 0 · previews 1"], ["| fast/text", "static · shared · pace 0 · previews 1"]]
+def test_bench_prints_the_table_for_each_variant_and_draws_timelines(tmp_path, capsys):
+    code, out, err = in_process(capsys, "bench", "--profile", "tiny", "--preset", "fast", "--runs", "1", "--decode",
+                                "dynamic", "--previews", "1,2", "--mode", "fused,text", "--json",
+                                str(tmp_path / "bench.json"), "--trace", str(tmp_path / "t"),
+                                "--profile-first-token", str(tmp_path / "profile.txt"))
+    assert code == 0, err
+    rows = [line.split(" | ")[:2] for line in out.splitlines() if line.startswith("| fast/")]
+    one, two = "dynamic · shared · pace 0 · previews 1", "dynamic · shared · pace 0 · previews 2"
+    assert rows == [["| fast/fused", one], ["| fast/fused", two], ["| fast/text", one], ["| fast/text", two]]
     saved = json.loads((tmp_path / "bench.json").read_text())
-    assert saved["profile"] == "tiny" and saved["results"]["static · shared · pace 0 · previews 1"]["fast/text"]["ttft"]["n"] == 1
+    assert saved["profile"] == "tiny" and saved["results"][two]["fast/text"]["ttft"]["n"] == 1
     assert len(list((tmp_path / "t").glob("fast-*.png"))) == 4 and len(list((tmp_path / "t").glob("fast-*.json"))) == 4
     profile = (tmp_path / "profile.txt").read_text()
     assert profile.startswith("time to the first token") and "stream_reasoning" in profile
 
 
-def test_bench_refuses_an_unknown_decode():
-    result = run_cli("bench", "--decode", "fast")
-    assert result.returncode == 2 and "use one or more of dynamic, static" in result.stderr
+def test_bench_refuses_an_unknown_decode(capsys):
+    from foresight.__main__ import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["bench", "--decode", "fast"])
+    assert refused.value.code == 2 and "use one or more of dynamic, static" in capsys.readouterr().err
 
 
-def test_check_runs_every_step_and_says_what_random_weights_cannot_show(tmp_path):
-    result = run_cli("check", "--profile", "tiny", "--json", str(tmp_path / "check.json"))
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_check_runs_every_step_and_says_what_random_weights_cannot_show(tmp_path, capsys):
+    code, out, err = in_process(capsys, "check", "--profile", "tiny", "--json", str(tmp_path / "check.json"))
+    assert code == 0, out + err
     report = {row["name"]: row for row in json.loads((tmp_path / "check.json").read_text())}
-    for name in ("a run without errors", "text streams", "mp4 decodes to the preset's frames",
-                 "previews at the cadence's steps"):
+    for name in ("LTX file type", "LTX file keys", "LTX file config", "LTX VAE padding", "a run without errors",
+                 "text streams", "mp4 decodes to the preset's frames", "previews at the cadence's steps"):
         assert report[name]["status"] == "pass", report[name]
     for name in ("a prediction line ('Next: …')", "first frame close to the input", "frames change over time",
                  "last preview close to the final frame"):
         assert report[name]["status"] == "not meaningful with random weights", report[name]
     assert "PSNR" in report["first frame close to the input"]["value"]
-    assert "not meaningful with random weights" in result.stdout and result.stdout.strip().splitlines()[-1].startswith("PASS")
+    assert "not meaningful with random weights" in out and out.strip().splitlines()[-1].startswith("PASS")

@@ -91,6 +91,30 @@ def test_mp4_decodes_to_the_presets_frames_and_size(pipe, photo, tmp_path):
     assert frames.std() > 1  # not a blank clip
 
 
+@pytest.mark.parametrize("name", ["fast", "default", "high"])
+def test_an_mp4_plays_at_its_presets_rate_for_its_presets_length(name, tmp_path):
+    """What a viewer gets per preset: its frames, at its frame rate, so the clip lasts as long as it says."""
+    from foresight.config import PRESETS
+    from foresight.media import Mp4Writer
+
+    preset = PRESETS[name]
+    rgb = np.random.default_rng(0).integers(0, 255, (preset.num_frames, 64, 96, 3), dtype=np.uint8)
+    path = Mp4Writer(tmp_path / f"{name}.mp4", 96, 64, preset.fps).write(rgb)
+    meta = iio.immeta(path, plugin="FFMPEG")
+    assert iio.imread(path, plugin="FFMPEG").shape[0] == preset.num_frames
+    assert meta["fps"] == preset.fps and meta["duration"] == pytest.approx(preset.seconds, abs=0.05)
+
+
+def test_the_pipeline_writes_the_mp4_at_the_presets_rate(pipe, photo, tmp_path, monkeypatch):
+    """A preset at 24 fps (as `high` is), at `fast`'s small size: the run's mp4 says 24 fps."""
+    from foresight.config import PRESETS, Preset
+
+    monkeypatch.setitem(PRESETS, "fast", Preset("fast", 256, 256, 17, 24))
+    events = run_events(pipe, photo, seed=1, out_dir=tmp_path)
+    meta = iio.immeta(events[-1]["video_url"], plugin="FFMPEG")
+    assert events[0]["fps"] == 24 and meta["fps"] == 24 and meta["duration"] == pytest.approx(17 / 24, abs=0.05)
+
+
 def test_same_seed_same_video_other_seed_other_video(pipe, photo, tmp_path):
     def last_frame(seed):
         return frames_of(run_events(pipe, photo, mode="fused", seed=seed, out_dir=tmp_path, frame_events=True))[-1]

@@ -5,6 +5,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from foresight.pipeline import ForesightPipeline
@@ -34,50 +35,108 @@ def test_text_is_handed_on_at_every_token_and_only_whole_characters():
 
 
 def test_the_first_text_follows_the_first_token(pipe, photo, tmp_path):
+    """The first token's text is handed on before the second token is made (the order, not a time)."""
     events = run_events(pipe, photo, seed=1, out_dir=tmp_path)
-    end = events[-1]
-    assert end["ttft"] - end["token_times"][0] < 0.05
+    first_chunk, times = next(ev for ev in events if ev["type"] == "text_chunk"), events[-1]["token_times"]
+    assert times[0] <= first_chunk["t"] <= times[1] and events[-1]["ttft"] == first_chunk["t"]
 
 
-def test_the_pacer_holds_the_rate_and_lets_go_at_once():
-    pacer = Pacer()
+class FakeClock:
+    """A clock the test moves: `sleep` moves it on by what is asked."""
+
+    def __init__(self):
+        self.now, self.slept = 100.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_the_pacer_holds_the_rate_between_tokens_and_lets_go():
+    clock = FakeClock()
+    pacer = Pacer(clock=clock, sleep=clock.sleep)
     pacer.hold(50.0)
     stamps = []
-    for _ in range(6):
+    for _ in range(6):  # tokens that take 5 ms to make
         pacer.wait()
-        stamps.append(time.perf_counter())
-    gaps = np.diff(stamps)
-    assert gaps.min() > 0.015 and abs(gaps.mean() - 0.02) < 0.01
-    pacer.hold(1.0)
+        stamps.append(clock.now)
+        clock.now += 0.005
+    assert np.diff(stamps) == pytest.approx([0.02] * 5), "one token every 20 ms at 50 tokens a second"
+    slept = len(clock.slept)
+    for _ in range(3):  # tokens slower than the pace are not held back
+        clock.now += 0.03
+        pacer.wait()
+    assert len(clock.slept) == slept
+    pacer.release()
     pacer.wait()
-    release = threading.Timer(0.1, pacer.release)
-    release.start()
-    started = time.perf_counter()
-    pacer.wait()  # would sleep a second; released after 0.1 s
-    assert time.perf_counter() - started < 0.5
-    pacer.wait()  # released: no more waiting
-    assert time.perf_counter() - started < 0.5
+    assert len(clock.slept) == slept and not pacer.held, "released: no more waiting"
 
 
-def test_paced_text_reads_slower_while_the_video_renders_and_says_the_same(models, photo, tmp_path):
-    free = run_events(ForesightPipeline(models), photo, mode="fused", seed=4, out_dir=tmp_path, frame_events=True)
-    paced = run_events(ForesightPipeline(with_settings(models, text_pace=40.0)), photo, mode="fused", seed=4,
+def test_a_release_wakes_a_thinker_waiting_for_its_next_token():
+    pacer, waiting = Pacer(), threading.Event()
+    sleep = pacer._sleep
+    pacer._sleep = lambda seconds: (waiting.set(), sleep(seconds))[1]
+    pacer.hold(0.001)  # a token every 1000 s
+    pacer.wait()  # the first goes at once
+    thinker = threading.Thread(target=pacer.wait)
+    thinker.start()
+    assert waiting.wait(30), "the thinker is waiting for its next token"
+    pacer.release()
+    thinker.join(30)  # a deadline for a broken pacer, not a measurement
+    assert not thinker.is_alive()
+
+
+class RecordingPacer(Pacer):
+    """A pacer that keeps, in order, when it was held and released and whether each token waited."""
+
+    log: list = []
+
+    def hold(self, rate):
+        self.log.append(("hold", rate))
+        super().hold(rate)
+
+    def release(self):
+        self.log.append(("release", None))
+        super().release()
+
+    def wait(self):
+        self.log.append(("token", self.held))
+        super().wait()
+
+
+def test_while_the_video_renders_the_text_is_paced_and_says_the_same(models, photo, tmp_path, monkeypatch):
+    """Order and counts, not milliseconds: the pace is held from the video's start to its end, the
+    tokens in between wait for it, those after do not, and nothing made changes."""
+    from foresight import pipeline as pipeline_module
+
+    long = with_settings(models, max_new_tokens=240)  # 6 s of text at the pace: it outlasts the video
+    free = run_events(ForesightPipeline(long), photo, mode="fused", seed=4, out_dir=tmp_path, frame_events=True)
+    monkeypatch.setattr(pipeline_module, "Pacer", RecordingPacer)
+    monkeypatch.setattr(RecordingPacer, "log", [])
+    paced = run_events(ForesightPipeline(with_settings(long, text_pace=40.0)), photo, mode="fused", seed=4,
                        out_dir=tmp_path, frame_events=True)
-    end = paced[-1]
-    during = [t for t in end["token_times"] if end["video_start"] <= t <= end["video_ready"] - 1 / 40]
-    assert len(during) >= 5
-    gaps = np.diff(during)[2:]  # the hold starts between two tokens
-    assert 0.85 / 40 < gaps.mean() < 1.5 / 40 and gaps.min() > 0.5 / 40, "at the pace while the video renders"
-    after = np.diff([t for t in end["token_times"] if t > end["video_ready"] + 0.01])
-    assert len(after) == 0 or np.median(after) < 1 / 40 * 0.8, "full speed once the video is done"
-    assert end["text"] == free[-1]["text"]
-    assert all(np.array_equal(a, b) for a, b in zip(frames_of(paced), frames_of(free)))
+    log, kinds = RecordingPacer.log, [entry[0] for entry in RecordingPacer.log]
+    held_from, released_at = kinds.index("hold"), kinds.index("release")
+    assert log[held_from] == ("hold", 40.0) and held_from < released_at
+    assert [entry for entry in log[:held_from] if entry[1]] == [], "not held before the video starts"
+    held = [entry for entry in log[held_from:released_at] if entry[0] == "token"]
+    assert len(held) >= 3 and all(waited for _, waited in held), "held while the video renders"
+    after = [waited for kind, waited in log[released_at:] if kind == "token"]
+    assert after and not any(after), "full speed once the video is done"
+    assert paced[-1]["text"] == free[-1]["text"]
+    assert all(np.array_equal(a, b) for a, b in zip(frames_of(paced), frames_of(free), strict=True))
 
 
-def test_stop_during_pacing_ends_the_run_at_once(models, photo, tmp_path):
-    slow = ForesightPipeline(with_settings(models, text_pace=2.0))  # 2 tokens a second while the video renders
+def test_stop_during_pacing_ends_the_run_at_the_next_token(models, photo, tmp_path):
+    slow = ForesightPipeline(with_settings(models, text_pace=1.0))  # a token a second while the video renders
     events = stop_at_first_preview(slow, photo, out_dir=tmp_path)
-    assert events[-1]["stopped"] and events[-1]["t"] < 5
+    stopped_at = next(ev["t"] for ev in events if ev["type"] == "video_frame")
+    end = events[-1]
+    assert end["stopped"] and not end["video_url"]
+    assert len([t for t in end["token_times"] if t > stopped_at]) <= 2, "not the rest of the text at a token a second"
 
 
 def test_every_timing_setting_makes_the_same_text_and_frames(models, photo, tmp_path):

@@ -2,9 +2,6 @@
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -12,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from foresight.__main__ import main
 from foresight.bridge import BridgeError, find_bridge_checkpoint, load_bridge
 from foresight.config import base_models
 from foresight.data import FeatureSet
@@ -121,36 +119,33 @@ def test_a_checkpoint_for_other_base_models_is_refused(models, trained, tmp_path
         load_bridge(other, expected_base_models=base_models(models.settings))
     folder, note = find_bridge_checkpoint(other.parent, base_models(models.settings))
     assert folder is None and "matches the running base models" in note
-    from foresight.__main__ import main
-
     assert main(["eval-bridge", "--weights", str(other), "--data", str(tmp_path), "--profile", "tiny"]) == 2
     assert "trained on 'someone/other-vlm'" in capsys.readouterr().err
 
 
-def test_predict_runs_fused_mode_with_a_chosen_bridge_and_refuses_one_for_other_models(trained, tmp_path):
+def test_predict_runs_fused_mode_with_a_chosen_bridge_and_refuses_one_for_other_models(trained, tmp_path, capsys):
     out, _ = trained
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
     def predict(weights):
-        return subprocess.run([sys.executable, "-m", "foresight", "predict", str(ROOT / "examples" / "cat.jpg"),
-                               "--profile", "tiny", "--preset", "fast", "--mode", "fused", "--weights", str(weights),
-                               "--out", str(tmp_path / "out"), "--events", str(tmp_path / "events.jsonl")],
-                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        code = main(["predict", str(ROOT / "examples" / "cat.jpg"), "--profile", "tiny", "--preset", "fast",
+                     "--mode", "fused", "--weights", str(weights), "--out", str(tmp_path / "out"),
+                     "--events", str(tmp_path / "events.jsonl")])
+        return code, capsys.readouterr().err
 
-    result = predict(out)
-    assert result.returncode == 0, result.stderr
+    code, err = predict(out)
+    assert code == 0, err
     start = json.loads((tmp_path / "events.jsonl").read_text().splitlines()[0])
     assert start["mode"] == "fused" and not start["note"]
-    assert "bridge: fused weights squares loaded" in result.stderr
+    assert "bridge: fused weights squares loaded" in err
     other = tmp_path / "other"
     other.mkdir()
     config = json.loads((out / "config.json").read_text())
     config["base_models"]["video"] = "someone/other-video-model"
     (other / "config.json").write_text(json.dumps(config))
     (other / "bridge.safetensors").write_bytes((out / "bridge.safetensors").read_bytes())
-    refused = predict(other)
-    assert refused.returncode == 2 and "trained on 'someone/other-video-model'" in refused.stderr
-    assert "loading VLM" not in refused.stderr, "refused before any model loads"
+    code, err = predict(other)
+    assert code == 2 and "trained on 'someone/other-video-model'" in err
+    assert "loaded in" not in err, "refused before any model loads"
 
 
 def test_video_objective_trains_through_the_frozen_transformer(models, clip_set, tmp_path):
@@ -168,22 +163,16 @@ def test_video_objective_trains_through_the_frozen_transformer(models, clip_set,
     assert (tmp_path / "video" / "bridge.safetensors").exists()
 
 
-def test_train_and_eval_from_the_command_line(image_set, trained, tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    train = subprocess.run(
-        [sys.executable, "-m", "foresight", "train", "--data", str(image_set), "--captions",
-         str(image_set / "captions.jsonl"), "--profile", "tiny", "--out", str(tmp_path / "cli"), "--steps", "4",
-         "--batch-size", "4", "--val-every", "2"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert train.returncode == 0, train.stderr
+def test_train_and_eval_from_the_command_line(image_set, trained, tmp_path, capsys):
+    assert main(["train", "--data", str(image_set), "--captions", str(image_set / "captions.jsonl"), "--profile",
+                 "tiny", "--out", str(tmp_path / "cli"), "--steps", "4", "--batch-size", "4", "--val-every", "2"]) == 0
     assert (tmp_path / "cli" / "bridge.safetensors").exists()
+    capsys.readouterr()
     out, _ = trained
-    evaluate = subprocess.run(
-        [sys.executable, "-m", "foresight", "eval-bridge", "--weights", str(out), "--data", str(image_set),
-         "--captions", str(image_set / "captions.jsonl"), "--profile", "tiny", "--val-fraction", "0.25",
-         "--grid", str(tmp_path / "grid.png"), "--grid-images", "2"], capture_output=True, text=True, env=env,
-        cwd=ROOT, timeout=300)
-    assert evaluate.returncode == 0, evaluate.stderr
-    report = json.loads(evaluate.stdout)
+    assert main(["eval-bridge", "--weights", str(out), "--data", str(image_set), "--captions",
+                 str(image_set / "captions.jsonl"), "--profile", "tiny", "--val-fraction", "0.25", "--grid",
+                 str(tmp_path / "grid.png"), "--grid-images", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["held_out_items"] == 4 and 0 < report["val_cosine"] <= 1
     grid = Image.open(tmp_path / "grid.png")
     assert grid.size == (3 * 192, 24 + 2 * 192)
