@@ -26,6 +26,7 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio loads: no telemetry unless asked
 import gradio as gr  # noqa: E402
+from gradio import processing_utils  # noqa: E402
 
 from foresight import storage  # noqa: E402
 from foresight.config import PRESETS  # noqa: E402
@@ -59,19 +60,27 @@ except ImportError:
 class UploadImage(gr.Image):
     """An image input that hands the uploaded file's path on, untouched.
 
-    Gradio's own preprocessing opens each upload with PIL and, for any mode but RGB, decodes and
-    re-encodes it before the handler runs: a stranger's file decoded with no budget, and a corrupt
-    one reaching the user as a bare "Error". The pipeline reads the header first and refuses what
-    does not fit with a clear message (`inputs.open_image`). As a template of gr.Image
-    (`is_template`), the page draws it with Gradio's own image widget.
+    Gradio's own preprocessing opens each upload with PIL and, for any mode but RGB (and for every
+    inline `data:` image an API call sends), decodes and re-encodes it before the handler runs: a
+    stranger's file decoded with no budget, and a corrupt one reaching the user as a bare "Error".
+    The pipeline reads the header first and refuses what does not fit with a clear message
+    (`inputs.open_image`). As a template of gr.Image (`is_template`), the page draws it with
+    Gradio's own image widget.
     """
 
     is_template = True
 
     def preprocess(self, payload):
-        if payload is not None and payload.path:
+        if payload is None:
+            return None
+        if payload.path:
             return str(payload.path)
-        return super().preprocess(payload)  # a data URL (an API call's inline image): Gradio's own path
+        if payload.url and payload.url.startswith("data:"):  # an API call's inline image: its bytes, as a file
+            if len(payload.url) * 3 / 4 > MAX_UPLOAD_MB * 2**20:
+                raise gr.Error(f"That file is over {MAX_UPLOAD_MB} MB; files up to {MAX_UPLOAD_MB} MB can be used.",
+                               print_exception=False)
+            return processing_utils.save_base64_to_cache(payload.url, cache_dir=self.GRADIO_CACHE)
+        return super().preprocess(payload)
 
 
 def preset_label(name: str) -> str:
@@ -281,7 +290,7 @@ class Page:
         """Look at one image, reason about it out loud, and render a short video of what happens next.
 
         Args:
-            image: the picture to look at (a file or an http(s) URL of a PNG, JPEG, WebP or GIF)
+            image: the picture to look at: an http(s) URL or a data: URL of a JPEG, PNG, WebP, GIF, BMP or TIFF
             prompt: an optional question about the picture, e.g. "What will the dog do next?"
             preset: the video's size: "fast" (256x256, 1.1 s), "default" (512x512, 2.1 s) or "high" (768x768, 2.7 s)
         Returns:

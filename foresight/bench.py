@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from foresight.config import PRESETS
+from foresight.config import PRESETS, check
 from foresight.pipeline import ForesightPipeline
 from foresight.trace import write_trace
 
@@ -241,8 +241,8 @@ def variants(settings, decodes, schedules, paces, previews, compiles=(False,), e
     out = []
     for compiled, schedule, decode, pace, every, early, graphed in itertools.product(
             compiles, schedules, decodes, paces, previews, earlies, graphs):
-        changed = replace(settings, decode=decode, schedule=schedule, text_pace=pace, preview_every=every,
-                          vision_early=early, compile_video=compiled, video_graphs=graphed)
+        changed = check(replace(settings, decode=decode, schedule=schedule, text_pace=pace, preview_every=every,
+                                vision_early=early, compile_video=compiled, video_graphs=graphed))
         label = (f"{decode} · {schedule} · pace {pace:g} · previews {every}" + (" · DINOv2 early" if early else "")
                  + (" · compiled" if compiled else "") + (" · video graphs" if graphed else ""))
         out.append((label, changed))

@@ -76,16 +76,27 @@ class StaticGraphs:
 
     def _capture(self, shape: _Shape) -> None:
         """As torch's CUDA-graph docs ask: warm up on a side stream (lazy initialisation stays out
-        of the graph), then capture. Capture records the work without doing it; the replay does it."""
+        of the graph), then capture on it. Capture records the work without doing it; the replay
+        does it. A shape first seen in a run is captured while the thinker decodes on its own
+        stream, so the capture is `thread_local` (the thinker's allocations stay allowed), and it
+        is begun directly rather than through `torch.cuda.graph`, whose device-wide synchronize,
+        garbage collection and cache emptying would stall that decode. An out-of-memory error
+        stays that error (the run steps down a preset), not the capture's."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
         with torch.cuda.stream(side):
             for _ in range(2):
                 self.fn(**shape.arguments)
+            graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+            try:
+                shape.output = self.fn(**shape.arguments)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    graph.capture_end()
+                raise
+            graph.capture_end()
         torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            shape.output = self.fn(**shape.arguments)
         shape.graph = graph
 
 

@@ -14,6 +14,7 @@ view, the same in serving and in training:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -42,8 +43,14 @@ MAX_DECODES = 2  # at once, in this process
 JPEG_FORMATS = ("JPEG", "MPO")
 TURNING = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 # Modes Pillow's box reduction takes; the others (palette, 1-bit, 16-bit grey) are made RGB first.
-REDUCIBLE_MODES = {"L", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"}
-Image.MAX_IMAGE_PIXELS = None  # the budget above decides, before decoding, with its own message
+# (A palette-and-alpha image would have its palette indices averaged.)
+REDUCIBLE_MODES = {"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"}
+# Pillow's own guard, for an image opened anywhere else: it refuses past twice this (2 gigapixels,
+# 8 GB as RGBA). Ours comes first and says the image's size; Pillow's warnings below that are ours.
+Image.MAX_IMAGE_PIXELS = 1_000_000_000
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+LIMITS = (f"images up to {MAX_PIXELS // 1_000_000} megapixels can be used (JPEG photos up to "
+          f"{MAX_JPEG_PIXELS // 1_000_000})")
 _decoding = threading.BoundedSemaphore(MAX_DECODES)
 
 
@@ -58,10 +65,12 @@ def load_image(source, notes: list[str] | None = None) -> Image.Image:
     What was done that the user may not expect is appended to `notes`, in words.
     """
     notes = [] if notes is None else notes
-    image = open_image(source)
+    image = opened = open_image(source)
     notes += header_notes(image)
     target = downscaled_size(*image.size)  # as stored; EXIF may turn it
-    with _decoding:
+    if isinstance(source, Image.Image):  # the caller's: turned and shrunk on a copy
+        image = image.copy()
+    with _decoding, contextlib.closing(opened) if opened is not source else contextlib.nullcontext():
         try:
             image.seek(0)  # the first frame of an animation
             if image.format in JPEG_FORMATS:  # decoded at a reduced scale, at least the target's size
@@ -98,23 +107,28 @@ def open_image(source) -> Image.Image:
     if size > MAX_UPLOAD_MB * 2**20:
         raise InputError(f"That file is {size / 2**20:.0f} MB; files up to {MAX_UPLOAD_MB} MB can be used.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a malformed header's warnings: it is refused below or decodes
-            image = Image.open(opened(), formats=FORMATS)
+        image = Image.open(opened(), formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"That image is over {2 * Image.MAX_IMAGE_PIXELS // 10**9} gigapixels; {LIMITS}.") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError("That file could not be read as an image. Try a PNG or JPEG.") from exc
     limit = MAX_JPEG_PIXELS if image.format in JPEG_FORMATS else MAX_PIXELS
     if image.width * image.height > limit:
+        image.close()
         raise InputError(f"That image is {image.width}×{image.height} ({image.width * image.height / 1e6:.0f} "
-                         f"megapixels); images up to {MAX_PIXELS // 1_000_000} megapixels can be used "
-                         f"(JPEG photos up to {MAX_JPEG_PIXELS // 1_000_000}).")
+                         f"megapixels); {LIMITS}.")
     return image
 
 
 def check_upload(source) -> list[str]:
     """For the page, as a file arrives: InputError if `load_image` would refuse it on its header,
     else the notes it would make. Reads the header only (a decode costs the run, once)."""
-    return header_notes(open_image(source))
+    image = open_image(source)
+    try:
+        return header_notes(image)
+    finally:
+        if image is not source:
+            image.close()
 
 
 def header_notes(image: Image.Image) -> list[str]:
@@ -123,7 +137,7 @@ def header_notes(image: Image.Image) -> list[str]:
     notes = ["Used the first frame of the animation."] if getattr(image, "is_animated", False) else []
     width, height = upright_size(image)
     target = downscaled_size(width, height)
-    if target[0] * target[1] < width * height / 1.5:
+    if target != (width, height):
         notes.append(f"Downscaled from {width}×{height} to {target[0]}×{target[1]}.")
     return notes
 

@@ -5,6 +5,7 @@ Everything loads in the settings' dtype (bf16 on CUDA), safetensors only, no rem
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -89,6 +90,7 @@ class _NothingKeptInFloat32(logging.Filter):
         return "kept in float32: []" not in record.getMessage()
 
 
+@functools.cache  # once a process
 def quiet_loaders() -> None:
     """The console at start-up: one line per model, none of the loaders' own progress bars
     (FORESIGHT_PROGRESS=1 keeps them) or empty warnings. The hub's download bars stay."""

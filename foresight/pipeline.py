@@ -47,7 +47,8 @@ from foresight.scheduling import HostCopier, Pacer, use_stream, worker_streams
 from foresight.trace import Trace
 
 FALLBACK_PREDICTION = "The scene continues naturally."
-GRAPH_ASPECTS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16))  # the shapes the warm-up captures, per preset
+# The shapes the warm-up captures, per preset: square, cameras' 3:2 and 4:3, phones' and screens' 16:9.
+GRAPH_ASPECTS = ((1, 1), (3, 2), (2, 3), (4, 3), (3, 4), (16, 9), (9, 16))
 PREDICTION_MAX_CHARS = 320  # a prediction (30 words, vlm.PREDICTION_WORDS) is cut here
 
 
@@ -209,8 +210,8 @@ class ForesightPipeline:
         sizes = sorted({(*fit_size(width, height, preset), preset.num_frames) for preset in PRESETS.values()
                         for width, height in GRAPH_ASPECTS})
         started = time.perf_counter()
-        self._workers().renderer.submit(video_stage.capture_graphs, self.models, self._video_graphs, sizes,
-                                        video_stage.warm_conditionings(self.models)).result()
+        self._workers().renderer.submit(lambda: video_stage.capture_graphs(  # the conditionings too, on its stream
+            self.models, self._video_graphs, sizes, video_stage.warm_conditionings(self.models))).result()
         log(f"[foresight] captured {self._video_graphs.captured} video graphs ({len(sizes)} sizes) in "
             f"{time.perf_counter() - started:.1f}s")
 
@@ -273,6 +274,8 @@ class ForesightPipeline:
                         happened = self._on_failure(run, message)
                     case "done":
                         happened = self._on_done(run, message.data)
+                    case _:
+                        raise ValueError(f"a worker reported {message.kind!r}, which no part of the timeline reads")
                 if happened is not None:
                     yield happened
             yield self._completed(run)

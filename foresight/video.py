@@ -194,8 +194,8 @@ class VideoGraphs:
         return self.transformer.captured + self.preview.captured
 
 
-MAX_TRANSFORMER_SHAPES = 32  # 5 aspect ratios x 3 presets x 2 prompt lengths (bridge, T5), and a few more
-MAX_PREVIEW_SHAPES = 16
+MAX_TRANSFORMER_SHAPES = 48  # 7 aspect ratios x 3 presets x 2 prompt lengths (bridge, T5), and a few more
+MAX_PREVIEW_SHAPES = 24
 
 
 def sampling_arguments(models, image: Image.Image, num_frames: int, fps: int, seed: int,

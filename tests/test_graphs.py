@@ -56,12 +56,12 @@ def test_no_step_and_no_preview_reads_a_value_back_or_copies_one_in(models, phot
 # --- the graphs make what the eager path makes ------------------------------------------------------------
 
 
-def test_graphed_runs_make_the_same_frames_and_previews_for_several_shapes_in_a_row(pipe, graphed, photo,
-                                                                                     tmp_path):
+def test_graphed_runs_make_the_same_frames_and_previews_for_several_shapes_in_a_row(models, pipe, photo, tmp_path):
     """Different shapes one after another (each its own buffers), both modes, and a shape seen
     before (its buffers reused): frames and previews identical, previews at the cadence's steps."""
     runs = [(photo, "fast", "fused"), (photo.resize((200, 300)), "fast", "text"), (photo.resize((600, 150)), "fast",
                                                                                      "fused"), (photo, "fast", "fused")]
+    graphed = ForesightPipeline(with_settings(models, video_graphs=True))
     for image, preset, mode in runs:
         eager = run_events(pipe, image, preset=preset, mode=mode, seed=5, out_dir=tmp_path, frame_events=True)
         events = run_events(graphed, image, preset=preset, mode=mode, seed=5, out_dir=tmp_path, frame_events=True)

@@ -2,9 +2,9 @@
 budget, and however many arrive at once, only a few decode at a time. Files the tests write themselves
 (`tests/uploads.py`): small on disk, huge decoded."""
 
+import contextlib
 import io
 import threading
-import time
 
 import pytest
 from PIL import GifImagePlugin, Image, ImageFile
@@ -17,8 +17,9 @@ from uploads import claimed_jpeg, flat_png
 
 @pytest.fixture
 def decodes(monkeypatch):
-    """Every decode Pillow does from here on: the size it decodes at, and how many ran at once."""
-    seen = {"sizes": [], "at_once": 0, "most_at_once": 0}
+    """Every decode Pillow does from here on: the size it decodes at, and how many ran at once. A
+    test may set `meet`, a barrier each decode waits at before it goes on."""
+    seen = {"sizes": [], "at_once": 0, "most_at_once": 0, "meet": None}
     lock, load = threading.Lock(), ImageFile.ImageFile.load
 
     def watched(self):
@@ -29,7 +30,9 @@ def decodes(monkeypatch):
             seen["at_once"] += 1
             seen["most_at_once"] = max(seen["most_at_once"], seen["at_once"])
         try:
-            time.sleep(0.05)  # long enough for others to start beside it, if they may
+            if seen["meet"] is not None:
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    seen["meet"].wait()
             return load(self)
         finally:
             with lock:
@@ -72,10 +75,19 @@ def test_a_file_over_the_size_limit_is_refused_by_its_size(tmp_path, monkeypatch
 
 
 def test_only_a_few_decode_at_once_however_many_arrive(decodes):
+    """Six uploads at once: two decode together, never three. Inside, each decode waits for a third
+    to join it (a barrier of three); with the bound, none can, so the first two wait out the
+    barrier's deadline together, and the others go through it broken."""
     data = io.BytesIO()
     Image.new("RGB", (600, 400), (20, 90, 160)).save(data, format="PNG")
-    results, threads = [], [threading.Thread(target=lambda: results.append(load_image(data.getvalue())))
-                            for _ in range(6)]
+    decodes["meet"] = threading.Barrier(MAX_DECODES + 1, timeout=2)
+    start, results = threading.Barrier(6), []
+
+    def upload():
+        start.wait()
+        results.append(load_image(data.getvalue()))
+
+    threads = [threading.Thread(target=upload) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -120,11 +132,29 @@ def test_formats_no_camera_makes_are_not_opened(tmp_path, fmt):
 def test_the_page_hands_an_upload_on_undecoded(tmp_path, decodes):
     """gr.Image's own preprocessing decodes and re-saves any upload that is not RGB; the page's
     image input passes the file on, for the run to check its header first."""
-    from gradio.data_classes import FileData
+    from gradio.data_classes import ImageData
 
     from app import UploadImage
 
     path = tmp_path / "bomb.png"
     flat_png(path, 8000, 7000, "RGBA")
-    assert UploadImage(type="filepath").preprocess(FileData(path=str(path), orig_name="bomb.png")) == str(path)
+    assert UploadImage(type="filepath").preprocess(ImageData(path=str(path), orig_name="bomb.png")) == str(path)
     assert decodes["sizes"] == []
+
+
+def test_an_inline_image_an_api_call_sends_is_kept_as_its_bytes_undecoded(tmp_path, decodes):
+    """A `data:` URL (JSON, so no max_file_size) would be decoded and re-saved by gr.Image; the page
+    keeps its bytes as a file for the run's header check."""
+    import base64
+
+    from gradio.data_classes import ImageData
+
+    from app import UploadImage
+
+    path = tmp_path / "bomb.png"
+    flat_png(path, 8000, 7000, "RGBA")
+    url = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    kept = UploadImage(type="filepath").preprocess(ImageData(url=url))
+    assert open(kept, "rb").read() == path.read_bytes() and decodes["sizes"] == []
+    with pytest.raises(InputError, match="56 megapixels"):
+        load_image(kept)

@@ -8,6 +8,7 @@ ids. The app then loads them through exactly the loaders it uses for the real mo
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -76,7 +77,10 @@ def settings(base: Settings) -> Settings:
 
 
 def tiny_models_dir() -> Path:
-    return cache_dir() / "tiny" / f"models-v{TINY_VERSION}"
+    """One folder per layout version and per writer of the LTX single file (the authors' classes, when
+    their package is installed, or the translation): a cache written without them is not reused with them."""
+    writer = "authors" if importlib.util.find_spec("ltx_video") is not None else "translated"
+    return cache_dir() / "tiny" / f"models-v{TINY_VERSION}-{writer}"
 
 
 def ensure_tiny_models() -> tuple[Path, Path]:
