@@ -68,9 +68,10 @@ def load_image(source, notes: list[str] | None = None) -> Image.Image:
     image = opened = open_image(source)
     notes += header_notes(image)
     target = downscaled_size(*image.size)  # as stored; EXIF may turn it
-    if isinstance(source, Image.Image):  # the caller's: turned and shrunk on a copy
+    ours = not isinstance(source, Image.Image)  # a file opened here, closed once decoded
+    if not ours:  # the caller's image: turned and shrunk on a copy
         image = image.copy()
-    with _decoding, contextlib.closing(opened) if opened is not source else contextlib.nullcontext():
+    with _decoding, contextlib.closing(opened) if ours else contextlib.nullcontext():
         try:
             image.seek(0)  # the first frame of an animation
             if image.format in JPEG_FORMATS:  # decoded at a reduced scale, at least the target's size

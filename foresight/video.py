@@ -171,6 +171,10 @@ def to_uint8(unit: torch.Tensor) -> torch.Tensor:
     return (unit.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+MAX_TRANSFORMER_SHAPES = 48  # 7 aspect ratios x 3 presets x 2 prompt lengths (bridge, T5), and a few more
+MAX_PREVIEW_SHAPES = 24
+
+
 class VideoGraphs:
     """The renderer's static graphs (`foresight/graphs.py`): LTX's transformer forward and the
     preview decode on static buffers, one set (on CUDA, one captured graph) per shape, sharing one
@@ -192,10 +196,6 @@ class VideoGraphs:
     @property
     def captured(self) -> int:
         return self.transformer.captured + self.preview.captured
-
-
-MAX_TRANSFORMER_SHAPES = 48  # 7 aspect ratios x 3 presets x 2 prompt lengths (bridge, T5), and a few more
-MAX_PREVIEW_SHAPES = 24
 
 
 def sampling_arguments(models, image: Image.Image, num_frames: int, fps: int, seed: int,

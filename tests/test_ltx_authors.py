@@ -12,12 +12,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from foresight import video as video_stage
-from foresight.config import PRESETS, ModelIds, VideoSampling
+from foresight.config import PRESETS, VideoSampling
 from foresight.inputs import video_view
 from foresight.ltx_checkpoint import CheckpointError
 from foresight.models import load_video_pipeline
