@@ -11,34 +11,38 @@ foresight/storage.py, and each run is the pipeline's stream of events (foresight
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import io
 import logging
 import os
 import random
-import shutil
-import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio loads: no telemetry unless asked
 import gradio as gr  # noqa: E402
 from gradio import processing_utils  # noqa: E402
+from gradio.data_classes import FileData  # noqa: E402
 
 from foresight import storage  # noqa: E402
-from foresight.config import PRESETS  # noqa: E402
+from foresight.config import PRESETS, ZERO_GPU_DURATION_S  # noqa: E402
 from foresight.inputs import MAX_QUESTION_CHARS, MAX_UPLOAD_MB, InputError, check_upload  # noqa: E402
 from foresight.serving import PROFILES, start  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-OUTPUT_DIR = Path(os.environ.get("FORESIGHT_OUTPUTS", Path(tempfile.gettempdir()) / "foresight-outputs"))
-MAX_OUTPUT_RUNS = int(os.environ.get("FORESIGHT_MAX_OUTPUT_RUNS", 30))  # older runs' files are deleted
-CACHE_TTL_S = int(os.environ.get("FORESIGHT_CACHE_TTL", 3600))  # Gradio's copies of previews and videos...
-CACHE_MAX_MB = int(os.environ.get("FORESIGHT_CACHE_MAX_MB", 1024))  # ...kept for this long, and to this size
+# Run folders live inside Gradio's upload folder (GRADIO_TEMP_DIR) and are served from there as they
+# are, never copied: a page that still shows a run whose files were deleted then reaches the
+# handlers, which say so in words (Gradio refuses an event naming a file outside that folder
+# before any handler runs). storage.RunStore decides what stays.
+RUNS_DIR = Path(gr.utils.get_upload_folder()) / "foresight-runs"
+RUNS_MAX_MB = int(os.environ.get("FORESIGHT_RUNS_MAX_MB", 2048))  # all sessions' runs together
+API_KEEP_S = int(os.environ.get("FORESIGHT_API_KEEP_S", 900))  # an API or MCP run's files, to download them
+SESSION_TTL_S = int(os.environ.get("FORESIGHT_SESSION_TTL", 24 * 3600))  # a page's runs, after its last run
+CACHE_TTL_S = int(os.environ.get("FORESIGHT_CACHE_TTL", 3600))  # uploads in Gradio's cache are kept for this long...
+CACHE_MAX_MB = int(os.environ.get("FORESIGHT_CACHE_MAX_MB", 1024))  # ...and to this size
 HISTORY_SIZE = 12  # runs a session's history keeps
+GONE = "That run is no longer kept on the server (it keeps the newest runs of all visitors together)."
 MODE_CHOICES = [("Auto", "auto"), ("Fused (bridge)", "fused"), ("Text (T5)", "text")]
 # Gradio sizes gallery columns by item count (one run = one full-width tile): keep thumbnails small.
 CSS = """
@@ -46,12 +50,16 @@ CSS = """
 #output:has(#video video[src]) #preview { display: none; }  /* the preview becomes the video where it stands */
 #video:not(:has(video[src])) { display: none; }
 """
+# On a narrow screen the output stacks below the inputs, examples and About: bring it into view.
+SHOW_OUTPUT_ON_PHONES = """() => {
+  if (window.innerWidth < 768) document.querySelector('#status')?.scrollIntoView({block: 'start'});
+}"""
 log = logging.getLogger("foresight.app")  # one line per refused input, never a traceback
 
 try:  # ZeroGPU Spaces hand out the GPU per call; elsewhere the package is absent and not needed
     import spaces
 
-    gpu = spaces.GPU(duration=120)
+    gpu = spaces.GPU(duration=ZERO_GPU_DURATION_S)
 except ImportError:
     def gpu(fn):
         return fn
@@ -81,6 +89,21 @@ class UploadImage(gr.Image):
                                print_exception=False)
             return processing_utils.save_base64_to_cache(payload.url, cache_dir=self.GRADIO_CACHE)
         return super().preprocess(payload)
+
+
+class RunVideo(gr.Video):
+    """The pipeline's own mp4, shown as it is.
+
+    gr.Video probes every file it is given with ffprobe (a subprocess) on every update, to decide
+    whether to convert it; a streaming handler yields the finished mp4 again with each text update
+    after it. The pipeline writes H.264 in yuv420p with the index up front (`media.Mp4Writer`),
+    which browsers play as it is, so nothing needs deciding: the file is handed to the page once
+    per update for free, and served from the run's folder without a copy (`gr.set_static_paths`)."""
+
+    is_template = True
+
+    def postprocess(self, value):
+        return None if value is None else FileData(path=str(value), orig_name=Path(value).name)
 
 
 def preset_label(name: str) -> str:
@@ -154,13 +177,12 @@ def follow(events, record: dict):
         elif ev["type"] == "text_chunk":
             record["text"] += ev["content"]
         elif ev["type"] == "video_frame":
-            record["preview"] = str(Path(record["folder"]) / f"preview-{ev['step']}.jpg")
-            Path(record["preview"]).write_bytes(base64.b64decode(ev["data"]))
+            record["preview"] = ev["path"]  # the JPEG the pipeline wrote in the run's folder
         elif ev["type"] == "video_complete":
             record.update(video=ev["video_url"], video_error=None)
         elif ev["type"] == "error" and ev["stage"] == "video" and not ev.get("retry_preset"):
             record["video_error"] = ev["message"]
-        elif ev["type"] == "error" and ev["stage"] == "input":  # refused before any model work
+        elif ev["type"] == "error" and ev["stage"] in ("input", "run"):  # refused, ended at its deadline, or no GPU
             record["error"] = ev["message"]
         elif ev["type"] == "error":
             record["notes"].append(ev["message"])
@@ -178,11 +200,17 @@ class Page:
     def __init__(self, pipe, default_preset: str = "default"):
         self.pipe, self.default_preset = pipe, default_preset
         self.demo: gr.Blocks | None = None  # set by build_demo: the queue the waiting line reads
+        self.runs = storage.RunStore(RUNS_DIR, RUNS_MAX_MB * 2**20, API_KEEP_S, is_live=self.is_live)
 
-    def stream(self, image_path, question, preset, mode, seed, stop, record):
+    def is_live(self, session: str) -> bool:
+        """Whether Gradio still holds this session (it drops sessions past its capacity without a word)."""
+        holder = getattr(self.demo, "state_holder", None)
+        return holder is None or session == storage.API_OWNER or session in holder
+
+    def stream(self, image_path, question, preset, mode, seed, stop, record, owner):
         """The pipeline's events for one run, with `record` kept up to date; the run works on its own
-        copy of the upload, in its folder, which its history and a retry use too."""
-        folder = storage.run_folder(OUTPUT_DIR, uuid.uuid4().hex[:12])
+        copy of the upload, in its folder (`owner`'s), which its history and a retry use too."""
+        folder = self.runs.new(owner)
         upload = storage.keep_upload(image_path, folder)
         record.update(folder=str(folder), upload=upload and str(upload), name=storage.video_name(image_path, seed),
                       question=question or "", preset=preset, seed=seed, text="", notes=[], preview=None, video=None)
@@ -192,9 +220,10 @@ class Page:
             yield from follow(events, record)
         finally:
             events.close()  # a closed page or a cancelled client: the GPU work ends at its next step
-            if record.get("stopped") is not False:  # stopped or cancelled: nothing to keep or retry
-                shutil.rmtree(folder, ignore_errors=True)
-            storage.keep_newest_runs(OUTPUT_DIR, MAX_OUTPUT_RUNS)
+            if record.get("stopped") is not False or record.get("error"):  # nothing to keep or retry
+                self.runs.release([folder])
+            else:
+                self.runs.finish(folder)
 
     def on_generate(self):
         """Clear the last run, lock Generate until this one has really ended, and say it is waiting."""
@@ -202,14 +231,14 @@ class Page:
         return ("", None, None, "", "Waiting for the GPU…", control, {}, gr.update(interactive=False),
                 gr.update(interactive=True), gr.update(visible=False), gr.Timer(active=True))
 
-    def generate(self, image, question, preset, mode, seed, randomize, control):
+    def generate(self, image, question, preset, mode, seed, randomize, control, request: gr.Request):
         """One run for the page: text, preview then video in one place, status in words."""
         stop = (control or {}).get("stop") or threading.Event()
         seed = random.randrange(2**31) if randomize else int(seed or 0)
         record, status = {}, "Thinking…"
-        for ev in self.stream(image, question, preset, mode, seed, stop, record):
+        for ev in self.stream(image, question, preset, mode, seed, stop, record, request.session_hash):
             if record.get("error"):
-                log.info("refused an input: %s", record["error"])
+                log.info("a run ended without running: %s", record["error"])
                 status = refusal(record["error"])
             elif ev["type"] == "thinking_start":
                 status = f"Thinking… · {record['size']}"
@@ -225,10 +254,11 @@ class Page:
             control["stop"].set()
         return "Stopping…", gr.update(interactive=False)
 
-    def on_run_end(self, record, history):
-        """The run has ended on the server: unlock Generate, keep it in the history."""
+    def on_run_end(self, record, history, request: gr.Request):
+        """The run has ended on the server: unlock Generate, keep it in the history; the session now
+        shows its history and this run, and lets go of the rest."""
         try:
-            if record.get("video"):
+            if record.get("video") and self.runs.kept(record.get("folder")):
                 if "input" not in record:
                     source, thumbnail = storage.save_input(record["upload"], Path(record["folder"]))
                     record = {**record, "input": str(source), "thumbnail": str(thumbnail)}
@@ -236,9 +266,10 @@ class Page:
                 history = [record, *others][:HISTORY_SIZE]
         except (OSError, InputError) as exc:  # the page must unlock whatever happened to the files
             log.info("could not keep the run in the history: %s", exc)
-        gallery = [(h["thumbnail"], h["text"][:60]) for h in history]
-        return (history, gallery, gr.update(visible=bool(record.get("video_error"))), gr.update(interactive=True),
-                gr.update(interactive=False), gr.Timer(active=False), "")
+        self.runs.hold(request.session_hash, [*(h["folder"] for h in history), record.get("folder")])
+        history = [h for h in history if self.runs.kept(h["folder"])]
+        return (history, gallery_of(history), gr.update(visible=bool(record.get("video_error"))),
+                gr.update(interactive=True), gr.update(interactive=False), gr.Timer(active=False), "", record)
 
     def on_retry(self):
         """Like `on_generate`, but the run's text stays: only its video is rendered again."""
@@ -248,6 +279,9 @@ class Page:
 
     def retry_video(self, record, control):
         """Render the video again for the run's own image and text, without a new reasoning stream."""
+        if not self.runs.kept(record.get("folder")):
+            yield None, None, refusal(GONE), record
+            return
         stop = (control or {}).get("stop") or threading.Event()
         again = {**record, "video": None, "preview": None, "video_error": None}
         events = self.pipe(record["upload"], prompt=record["question"], preset=record["preset"], mode=record["mode"],
@@ -264,10 +298,15 @@ class Page:
             yield again["preview"], again["video"], status, again
 
     def on_history_select(self, history, evt: gr.SelectData):
-        """Restore a whole run: its input, question, preset, seed, text, video and what was said."""
-        item = history[evt.index]
+        """Restore a whole run: its input, question, preset, seed, text, video and what was said. A
+        run whose files are gone (the server's budget, or a session idle past its time) leaves the
+        history, in words."""
+        item = history[evt.index] if evt.index < len(history) else None
+        if item is None or not self.runs.kept(item["folder"]):
+            history = [h for h in history if h is not item and self.runs.kept(h["folder"])]
+            return (*(gr.skip(),) * 9, refusal(GONE), gr.skip(), history, gallery_of(history))
         return (item["input"], item["question"], item["preset"], item["seed"], False, item["text"],
-                item.get("preview"), item["video"], caption(item), summary(item), item)
+                item.get("preview"), item["video"], caption(item), summary(item), item, history, gr.skip())
 
     def on_tick(self, request: gr.Request):
         """The timer's tick while a run is on the way: its place in Gradio's queue, in words."""
@@ -300,18 +339,22 @@ class Page:
         """
         record = {}
         for _ in self.stream(image, prompt, preset or self.default_preset, "auto", random.randrange(2**31),
-                             threading.Event(), record):
+                             threading.Event(), record, storage.API_OWNER):
             if record.get("error"):
                 log.info("refused an API input: %s", record["error"])
                 raise gr.Error(record["error"], print_exception=False)
             yield record["text"], record["preview"], record["video"]
 
 
+def gallery_of(history: list[dict]) -> list[tuple[str, str]]:
+    return [(h["thumbnail"], h["text"][:60]) for h in history]
+
+
 def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blocks:
     """The page's layout and wiring; `Page` holds what each event does. The preview and the video
     share one place through CSS (the video hides the preview once it has a source)."""
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     page = Page(pipe, default_preset)
+    gr.set_static_paths([RUNS_DIR])  # served as they are: no copy, no hash (RunVideo: no probe either)
     with gr.Blocks(title="Foresight", delete_cache=(CACHE_TTL_S, CACHE_TTL_S)) as demo:
         gr.Markdown("# Foresight\nDrop an image. The model thinks out loud and shows what happens next.")
         with gr.Row():
@@ -343,22 +386,29 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
                 with gr.Group(elem_id="output"):
                     preview = gr.Image(label="What happens next", elem_id="preview", format="jpeg", type="filepath",
                                        interactive=False, height=360)
-                    video = gr.Video(label="What happens next", elem_id="video", autoplay=True, loop=True,
+                    video = RunVideo(label="What happens next", elem_id="video", autoplay=True, loop=True,
                                      interactive=False, height=360)
                     shown = gr.Markdown("", elem_id="caption")
                 retry = gr.Button("Retry video", visible=False, elem_id="retry")
                 gallery = gr.Gallery(label="This session's runs", columns=8, height=150, object_fit="cover",
                                      elem_id="history", allow_preview=False)
-        control, record, history = gr.State({}), gr.State({}), gr.State([])
+        # What a session shows is its own until it ends (its tab closed for an hour, or idle past
+        # SESSION_TTL_S): then its runs are let go. Sessions Gradio drops for capacity skip these
+        # callbacks; RunStore finds their runs by `Page.is_live`.
+        control = gr.State({})
+        record = gr.State({}, time_to_live=SESSION_TTL_S, delete_callback=lambda r: page.runs.release([r.get("folder")]))
+        history = gr.State([], time_to_live=SESSION_TTL_S,
+                           delete_callback=lambda h: page.runs.release([item["folder"] for item in h]))
         timer = gr.Timer(1.0, active=False)
         api_trigger = gr.Button(visible=False)
 
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
         private = dict(api_visibility="private", show_progress="hidden")  # the status line says it in words
         ended = dict(fn=page.on_run_end, inputs=[record, history],
-                     outputs=[history, gallery, retry, generate, stop, timer, queue_note], **private)
+                     outputs=[history, gallery, retry, generate, stop, timer, queue_note, record], **private)
         started = generate.click(page.on_generate, outputs=[reasoning, preview, video, shown, status, control, record,
                                                             generate, stop, retry, timer], queue=False, **private)
+        generate.click(None, js=SHOW_OUTPUT_ON_PHONES, **private)
         started.then(gpu(page.generate), inputs=[image, question, preset, mode, seed, randomize, control],
                      outputs=[reasoning, preview, video, shown, status, record], **gpu_queue, **private).then(**ended)
         stop.click(page.on_stop, inputs=[control], outputs=[status, stop], queue=False, **private)
@@ -370,7 +420,8 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         randomize.change(lambda on: gr.update(interactive=not on), inputs=[randomize], outputs=[seed], **private)
         gallery.select(page.on_history_select, inputs=[history],
                        outputs=[image, question, preset, seed, randomize, reasoning, preview, video, shown, status,
-                                record], **private)
+                                record, history, gallery], **private)
+        gallery.select(None, js=SHOW_OUTPUT_ON_PHONES, **private)
         api_trigger.click(gpu(page.predict), inputs=[image, question, preset], outputs=[reasoning, preview, video],
                           api_name="predict", **gpu_queue)
     page.demo = demo
@@ -405,17 +456,17 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("[foresight] %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    logging.getLogger("foresight").addHandler(handler)  # the page's and the pipeline's lines
+    logging.getLogger("foresight").setLevel(logging.INFO)
     started = time.perf_counter()
     pipe, about = start(args.profile, text_mode=not args.no_text_mode, weights=args.weights,
                         log=lambda message: print(message, flush=True))
     demo = build_demo(pipe, default_preset=args.preset, about=about)
     storage.keep_swept(Path(gr.utils.get_upload_folder()), CACHE_TTL_S, CACHE_MAX_MB * 2**20,
-                       keep=lambda: kept_files(demo))
+                       keep=lambda: kept_files(demo), skip=RUNS_DIR)
     with contextlib.redirect_stdout(io.StringIO()):  # Gradio's own lines; `ready_line` says what they would
         demo.queue(max_size=args.queue_size).launch(
-            server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(OUTPUT_DIR)],
+            server_name=args.host, server_port=args.port, share=args.share,
             max_file_size=f"{MAX_UPLOAD_MB}mb", mcp_server=args.mcp, quiet=True, prevent_thread_lock=True,
             show_error=True, css=CSS, footer_links=["api", "gradio", "settings"], run_history=False)
     print(ready_line(demo, time.perf_counter() - started, args.mcp), flush=True)

@@ -183,7 +183,6 @@ def run_command(args) -> int:
 
 
 def predict_command(models, args) -> int:
-    from foresight.events import for_log
     from foresight.pipeline import ForesightPipeline
     from foresight.trace import write_trace
 
@@ -194,7 +193,7 @@ def predict_command(models, args) -> int:
         for ev in pipe(args.image, prompt=args.prompt, preset=args.preset, mode=args.mode, seed=args.seed,
                        out_dir=args.out):
             if events_log:
-                events_log.write(json.dumps(for_log(ev)) + "\n")
+                events_log.write(json.dumps(ev) + "\n")
                 events_log.flush()
             if ev["type"] == "thinking_start":
                 for note in ev["input_notes"]:

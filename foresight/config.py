@@ -128,6 +128,34 @@ class Settings:
     # per shape (`foresight/graphs.py`; the warm-up captures the common ones). Off until a GPU run
     # measures it: on a CPU the same buffers run eagerly, for the tests.
     video_graphs: bool = False
+    # A whole run's deadline in seconds (FORESIGHT_RUN_TIMEOUT); None: `run_timeout` derives it from the
+    # preset and the device. Past it the run ends in words and whatever does not stop is abandoned.
+    run_timeout_s: float | None = None
+    # After Stop (or the deadline), how long a run waits for its workers to end before it abandons them.
+    stop_grace_s: float = 10.0
+
+
+# The run deadline's default on a GPU, per preset. A default run on an H100 takes about 10 s: 256
+# tokens of text at >= 40 tokens/s (paced) and the mp4 at about 2 s (docs/BENCHMARKS.md); an
+# A100-40GB is about 2-3x slower. The defaults give a default run 9x the H100's time and >= 3x the
+# A100's; `high` (4x the latent tokens of `default`, not yet measured) twice that.
+CUDA_RUN_TIMEOUT_S = {"fast": 60.0, "default": 90.0, "high": 180.0}
+CPU_RUN_TIMEOUT_S = 300.0  # a CPU runs the tiny models (seconds a run); the full ones are not a product path
+# ZeroGPU lends the GPU for at most this long per call (`spaces.GPU(duration=...)` in app.py) and then
+# aborts the call; the run's own deadline ends it in words first.
+ZERO_GPU_DURATION_S = 120
+ZERO_GPU_MARGIN_S = 15.0
+
+
+def run_timeout(settings: Settings, preset: Preset) -> float:
+    """A run's deadline: `settings.run_timeout_s`, else the device's default for the preset,
+    within ZeroGPU's lease on ZeroGPU."""
+    if settings.run_timeout_s:
+        return settings.run_timeout_s
+    if not settings.device.startswith("cuda"):
+        return CPU_RUN_TIMEOUT_S
+    timeout = CUDA_RUN_TIMEOUT_S[preset.name] if preset.name in CUDA_RUN_TIMEOUT_S else max(CUDA_RUN_TIMEOUT_S.values())
+    return min(timeout, ZERO_GPU_DURATION_S - ZERO_GPU_MARGIN_S) if on_zero_gpu() else timeout
 
 
 CUDA_TEXT_PACE = 45.0  # tokens/s while the video renders, on a GPU (Settings.text_pace)
@@ -192,6 +220,7 @@ def settings_from_env(**overrides) -> Settings:
         vision_early=_flag("FORESIGHT_VISION_EARLY", False),
         compile_video=_flag("FORESIGHT_COMPILE_VIDEO", False),
         video_graphs=_flag("FORESIGHT_VIDEO_GRAPHS", False) and not on_zero_gpu(),  # a capture per call there
+        run_timeout_s=float(env("FORESIGHT_RUN_TIMEOUT")) if env("FORESIGHT_RUN_TIMEOUT") else None,
     )
     return check(replace(settings, **overrides))
 

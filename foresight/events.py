@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
-
 from PIL import Image
 
 EVENT_TYPES = ("thinking_start", "text_chunk", "video_frame", "video_complete", "thinking_complete", "error")
@@ -16,10 +13,6 @@ def event(type_: str, t: float, **fields) -> dict:
 
 
 def decode_frame(ev: dict) -> Image.Image:
-    """The image carried by a `video_frame` event."""
-    return Image.open(io.BytesIO(base64.b64decode(ev["data"]))).convert("RGB")
-
-
-def for_log(ev: dict) -> dict:
-    """The event as written to an events log: frame data omitted."""
-    return {k: v for k, v in ev.items() if k != "data"}
+    """The image a `video_frame` event points at (its JPEG file)."""
+    with Image.open(ev["path"]) as image:
+        return image.convert("RGB")

@@ -104,7 +104,9 @@ class StaticGraphs:
 def graphed_forward(transformer, graphs: StaticGraphs):
     """While inside, `transformer(...)` (LTX's, called as LTXConditionPipeline calls it) runs its
     forward through `graphs`; hooks on the module run as before, around each call, with the
-    caller's tensors and the static output. `graphs.fn` must call the class's own forward."""
+    caller's tensors and the static output. `graphs.fn` must call the class's own forward. Yields
+    the undo, which takes this forward off again only if it is still the one in place (callable
+    from another thread, more than once)."""
 
     def forward(hidden_states, encoder_hidden_states, timestep, encoder_attention_mask, video_coords,
                 attention_kwargs=None, return_dict=False):
@@ -113,8 +115,12 @@ def graphed_forward(transformer, graphs: StaticGraphs):
         return (graphs(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, timestep=timestep,
                        encoder_attention_mask=encoder_attention_mask, video_coords=video_coords),)
 
+    def undo() -> None:
+        if transformer.__dict__.get("forward") is forward:
+            del transformer.forward
+
     transformer.forward = forward
     try:
-        yield
+        yield undo
     finally:
-        del transformer.forward
+        undo()

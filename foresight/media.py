@@ -1,8 +1,7 @@
-"""Encoding what the user sees: JPEG previews (inside events) and the mp4."""
+"""Encoding what the user sees: JPEG previews (files beside the mp4) and the mp4."""
 
 from __future__ import annotations
 
-import base64
 import io
 import logging
 import os
@@ -41,10 +40,10 @@ def h264_round_trip(rgb: np.ndarray, crf: int) -> np.ndarray:
         return next(container.decode(video=0)).to_ndarray(format="rgb24")
 
 
-def jpeg_base64(rgb: np.ndarray, quality: int = 85) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+def write_jpeg(rgb: np.ndarray, path: Path, quality: int = 85) -> Path:
+    """One [H, W, 3] uint8 frame as a JPEG file, written once where it is made: the page serves that file."""
+    Image.fromarray(rgb).save(path, format="JPEG", quality=quality)
+    return path
 
 
 class Mp4Writer:

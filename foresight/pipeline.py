@@ -23,6 +23,7 @@ generator (Stop, a dropped client) stops both workers at their next token or den
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import random
@@ -31,6 +32,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -39,17 +41,21 @@ import torch
 
 from foresight import video as video_stage
 from foresight import vlm as vlm_stage
-from foresight.config import PRESETS, SMALLER_PRESET, Preset
+from foresight.config import PRESETS, SMALLER_PRESET, Preset, run_timeout
 from foresight.events import event
+from foresight.health import DeviceHealth
 from foresight.inputs import InputError, check_question, fit_size, load_image, video_view
-from foresight.media import Mp4Writer, jpeg_base64
+from foresight.media import Mp4Writer, write_jpeg
 from foresight.scheduling import HostCopier, Pacer, use_stream, worker_streams
 from foresight.trace import Trace
 
 FALLBACK_PREDICTION = "The scene continues naturally."
 # The shapes the warm-up captures, per preset: square, cameras' 3:2 and 4:3, phones' and screens' 16:9.
 GRAPH_ASPECTS = ((1, 1), (3, 2), (2, 3), (4, 3), (3, 4), (16, 9), (9, 16))
+log = logging.getLogger("foresight")
 PREDICTION_MAX_CHARS = 320  # a prediction (30 words, vlm.PREDICTION_WORDS) is cut here
+BROKEN_MESSAGE = ("The GPU has stopped answering, so no run can be made until the app restarts. "
+                  "Please try again in a few minutes.")
 
 
 @dataclass
@@ -70,7 +76,7 @@ class RunRequest:
     preset: str
     mode: str  # the mode that runs: fused or text
     seed: int
-    mp4_path: Path
+    mp4_path: Path  # the run's files are named after it: <name>.mp4, <name>-<preset>-step<N>.jpg, <name>-frame<N>.jpg
     reasoning: str | None = None  # a video-only retry: the text exists already
     video: bool = True
     frame_events: bool = False
@@ -96,6 +102,8 @@ class Run:
 
     def __init__(self, stop: threading.Event, cuda: bool):
         self.trace = Trace(cuda=cuda)
+        self.workers: Workers | None = None  # the threads this run was given; set when it begins
+        self.attached: list[Callable[[], None]] = []  # undoes what the run put on the shared models (hooks)
         self.stop = stop
         self.pacer = Pacer()
         self.messages: queue.Queue[Message] = queue.Queue()
@@ -110,6 +118,7 @@ class Run:
         self.moments: dict[str, float | None] = {"ttft": None, "first_frame": None, "video_ready": None}
         self.rendering: VideoJob | None = None
         self.video_start: float | None = None
+        self.timed_out = False
 
     def now(self) -> float:
         return self.trace.now()
@@ -117,10 +126,11 @@ class Run:
     def post(self, what: str, **data) -> None:
         self.messages.put(Message(what, data))
 
-    def next_message(self) -> Message:
+    def next_message(self, timeout: float) -> Message:
         """The next message; text waiting behind text comes merged, so a consumer that falls behind
-        (a busy web server: ~2 ms a Gradio update) gets fewer, longer chunks instead of a backlog."""
-        message = self._held.pop() if self._held else self.messages.get()
+        (a busy web server: ~2 ms a Gradio update) gets fewer, longer chunks instead of a backlog.
+        Raises queue.Empty when none comes within `timeout` seconds."""
+        message = self._held.pop() if self._held else self.messages.get(timeout=max(0.0, timeout))
         while message.kind == "text":
             try:
                 following = self.messages.get_nowait()
@@ -133,11 +143,21 @@ class Run:
                                        "t": following.data["t"]})
         return message
 
-    def jpeg(self, rgb) -> str:
+    def attach(self, undo: Callable[[], None]) -> None:
+        """Something this run put on the shared models, and how to take it off again (also from
+        another thread, if the run's worker is abandoned mid-call)."""
+        self.attached.append(undo)
+
+    def detach(self) -> None:
+        for undo in self.attached:
+            undo()
+
+    def jpeg(self, rgb, suffix: str) -> str:
+        """`rgb` as a JPEG beside the mp4, written once -> its path."""
         start = time.perf_counter()
-        data = jpeg_base64(rgb)
+        path = write_jpeg(rgb, self.request.mp4_path.with_name(f"{self.request.mp4_path.stem}-{suffix}.jpg"))
         self.seconds["jpeg"] += time.perf_counter() - start
-        return data
+        return str(path)
 
 
 class Workers:
@@ -154,15 +174,28 @@ class Workers:
         self.static_cache = vlm_stage.ReusedStaticCache(settings.static_cache_len)
         self.pid = os.getpid()
 
+    def abandon(self) -> None:
+        """Never use these threads again: a stage is stuck in one of them. Queued work is dropped;
+        the stuck thread is left where it is (Python cannot end a thread)."""
+        for executor in (self.thinker, self.renderer, self.copier):
+            executor.shutdown(wait=False, cancel_futures=True)
+
 
 def prediction_from(text: str) -> str:
     """What `text` mode conditions the video on: the first line ('Next: …'), else the text so far."""
     return (vlm_stage.prediction_line(text + "\n") or text.strip())[:PREDICTION_MAX_CHARS] or FALLBACK_PREDICTION
 
 
+class RunTimeout(Exception):
+    """The run passed its deadline (`config.run_timeout`)."""
+
+
 class ForesightPipeline:
-    def __init__(self, models):
+    def __init__(self, models, on_broken: Callable[[str], None] = lambda why: None):
+        """`on_broken(why)`: the device stopped answering; no run is taken any more (`health.py`)."""
         self.models = models
+        self.health = DeviceHealth(models.settings.device, on_broken=on_broken)
+        self.abandoned = 0  # runs whose stuck threads were left behind at their deadline
         self._workers_lock = threading.Lock()
         self._process_workers: Workers | None = None
         if models.settings.compile_video:
@@ -227,6 +260,9 @@ class ForesightPipeline:
         off by default, as the page shows the mp4 and the CLI writes it.
         `video_name`: the mp4's file name in `out_dir` (without .mp4); default the run id.
         """
+        if self.health.broken:
+            yield event("error", 0.0, stage="run", recoverable=False, message=BROKEN_MESSAGE)
+            return
         run = Run(stop or threading.Event(), cuda=self.models.settings.device.startswith("cuda"))
         notes: list[str] = []
         try:
@@ -245,6 +281,7 @@ class ForesightPipeline:
             mode=mode, seed=random.randrange(2**31) if seed is None else int(seed),
             mp4_path=Path(out_dir) / f"{video_name or run_id}.mp4", reasoning=reasoning, video=video,
             frame_events=frame_events)
+        request.mp4_path.parent.mkdir(parents=True, exist_ok=True)
         yield event("thinking_start", run.now(), run_id=run_id, preset=preset, mode=mode,
                     width=request.condition_image.width, height=request.condition_image.height,
                     num_frames=PRESETS[preset].num_frames, fps=PRESETS[preset].fps, seed=request.seed,
@@ -254,11 +291,16 @@ class ForesightPipeline:
     # --- the timeline: the only place that decides what happens next ----------------------------
 
     def _conduct(self, run: Run) -> Iterator[dict]:
-        """The timeline of one run, as the workers' messages tell it."""
+        """The timeline of one run, as the workers' messages tell it, within its deadline."""
+        timeout = run_timeout(self.models.settings, PRESETS[run.request.preset])
         try:
             self._begin(run)
             while run.finished < len(run.jobs):
-                message = run.next_message()
+                try:
+                    message = run.next_message(timeout - run.now())
+                except queue.Empty:
+                    yield self._on_deadline(run, timeout)
+                    break
                 match message.kind:
                     case "first_token":
                         happened = self._on_first_token(run, message.data)
@@ -284,7 +326,8 @@ class ForesightPipeline:
 
     def _begin(self, run: Run) -> None:
         """1. The prefill, then 2. the text; or, for a video-only retry, the video at once."""
-        request, workers = run.request, self._workers()
+        request = run.request
+        workers = run.workers = self._workers()
         if request.video:  # the condition image's preparation needs nothing but the image: beside the prefill
             run.early["prepared"] = workers.copier.submit(self._prepare, run, request.condition_image)
         if request.reasoning is None:
@@ -306,7 +349,7 @@ class ForesightPipeline:
                            request.question, patch_tokens=run.early.get("patch_tokens"), **conditioning)
         run.rendering, run.video_start = job, run.video_start or round(run.now(), 4)
         run.pacer.hold(self.models.settings.text_pace)
-        run.jobs.append(self._workers().renderer.submit(self._render, run, job))
+        run.jobs.append(run.workers.renderer.submit(self._render, run, job))
 
     def _waits_for_its_line(self, run: Run) -> bool:
         """Text mode's video, not started yet: it waits for the prediction line."""
@@ -371,16 +414,40 @@ class ForesightPipeline:
                      video_start=run.video_start, overhead_s={k: round(v, 4) for k, v in run.seconds.items()},
                      spans=run.trace.spans())
 
-    @staticmethod
-    def _end(run: Run) -> None:
-        """Stop both workers at their next token or step and wait for them; no early work left behind."""
+    def _on_deadline(self, run: Run, timeout: float) -> dict:
+        """Past the deadline: the run ends in words; `_end` leaves behind whatever does not stop."""
+        run.timed_out = True
+        run.pacer.release()
+        return event("error", run.now(), stage="run", recoverable=True,
+                     message=f"This run took longer than its {timeout:.0f} s limit and was ended. "
+                             "Press Generate to try again.")
+
+    def _end(self, run: Run) -> None:
+        """Stop both workers at their next token or step and wait for them, up to `stop_grace_s`; no
+        early work left behind. A worker that does not stop by then is stuck: it is abandoned with
+        its threads, and what the run put on the shared models is taken off, so the next run starts
+        clean on fresh threads."""
         run.stop.set()
         run.pacer.release()
-        for job in run.jobs:
-            job.exception()  # waits; the workers report their own failures as messages
-        for early in run.early.values():
-            if not early.cancel():
-                early.exception()
+        pending = [*run.jobs, *(early for early in run.early.values() if not early.cancel())]
+        _, stuck = futures_wait(pending, timeout=self.models.settings.stop_grace_s)
+        if stuck:
+            self._abandon(run)
+        if run.timed_out:
+            self.health.after_deadline(run_timeout(self.models.settings, PRESETS[run.request.preset]))
+
+    def _abandon(self, run: Run) -> None:
+        run.detach()
+        with self._workers_lock:
+            if self._process_workers is run.workers:
+                self._process_workers = None
+        run.workers.abandon()
+        if self._video_graphs is not None:  # the stuck thread may still replay on the old buffers
+            self._video_graphs = video_stage.VideoGraphs(self.models.video_pipeline,
+                                                         self.models.settings.device.startswith("cuda"))
+        self.abandoned += 1
+        log.warning("a run's worker did not stop: its threads were abandoned (%d so far); the next run "
+                    "gets fresh ones", self.abandoned)
 
     # --- the workers: they do the work and report it as messages -----------------------------------
 
@@ -392,6 +459,7 @@ class ForesightPipeline:
                 return
             if capture_states:  # hooked on the thinker's turn, so it sees this run's prefill only
                 capture = vlm_stage.PrefillCapture(self.models.vlm, self.models.settings.hidden_layer)
+                run.attach(capture.remove)
             with trace.span("text", "VLM processor", gpu=False):
                 inputs = vlm_stage.build_inputs(self.models, request.image, request.question)
             with trace.span("text", "Qwen vision tower"):
@@ -408,7 +476,7 @@ class ForesightPipeline:
                 run.post("text", chunk=chunk, t=run.now())
 
             vlm_stage.stream_reasoning(self.models, inputs, on_text, run.stop, capture=capture, on_token=on_token,
-                                       static_cache=self._workers().static_cache, before_next=run.pacer.wait)
+                                       static_cache=run.workers.static_cache, before_next=run.pacer.wait)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a message; the video may still run
             run.post("text_failed", message=str(exc))
         finally:
@@ -418,7 +486,7 @@ class ForesightPipeline:
 
     def _render(self, run: Run, job: VideoJob) -> None:
         """The renderer's work: conditioning, denoising with previews, frames and the mp4."""
-        models, preset, copier = self.models, job.preset, self._workers().copier
+        models, preset, copier = self.models, job.preset, run.workers.copier
         previews: list[Future] = []
         mp4: Future | None = None
         try:
@@ -429,13 +497,13 @@ class ForesightPipeline:
             embeds, mask = self._conditioning(run, job)
 
             def on_preview(step: int, rgb: torch.Tensor) -> None:
-                ready = self._workers().host.ready_marker()  # the decode is queued; the copy waits for it elsewhere
+                ready = run.workers.host.ready_marker()  # the decode is queued; the copy waits for it elsewhere
                 previews.append(copier.submit(self._post_preview, run, rgb, ready, step, preset))
 
             condition = job.prepared.result() if job.prepared is not None else self._prepare(run, job.condition_image)
             frames = video_stage.render(models, condition, preset.num_frames, preset.fps, run.request.seed, embeds,
                                         mask, run.stop, on_preview=on_preview, trace=run.trace,
-                                        graphs=self._video_graphs)
+                                        graphs=self._video_graphs, attach=run.attach)
             for preview in previews:
                 preview.result()
             self._write_mp4(run, frames, mp4.result())
@@ -476,7 +544,7 @@ class ForesightPipeline:
         """The mp4 (its ffmpeg started while the video denoised); the frames' JPEGs beside it if asked."""
         with run.trace.span("host", "mp4", gpu=False):
             started = time.perf_counter()
-            encoding = self._workers().copier.submit(self._post_frames, run, frames) \
+            encoding = run.workers.copier.submit(self._post_frames, run, frames) \
                 if run.request.frame_events else None
             writer.write(frames.numpy())
             run.seconds["mp4"] = time.perf_counter() - started
@@ -495,15 +563,15 @@ class ForesightPipeline:
 
     def _post_preview(self, run: Run, rgb: torch.Tensor, ready, step: int, preset: Preset) -> None:
         with run.trace.span("host", f"preview {step} to JPEG", gpu=False):
-            data = run.jpeg(self._workers().host.to_host(rgb, ready).numpy())
+            path = run.jpeg(run.workers.host.to_host(rgb, ready).numpy(), f"{preset.name}-step{step}")
         run.post("preview", t=run.now(), frame_index=preset.num_frames - 1, total_frames=preset.num_frames,
-                 kind="preview", step=step, num_steps=self.models.settings.sampling.num_steps, data=data)
+                 kind="preview", step=step, num_steps=self.models.settings.sampling.num_steps, path=path)
 
     @staticmethod
     def _post_frames(run: Run, frames: torch.Tensor) -> None:
         for index, rgb in enumerate(frames.numpy()):
             run.post("frame", t=run.now(), frame_index=index, total_frames=len(frames), kind="frame", step=None,
-                     data=run.jpeg(rgb))
+                     path=run.jpeg(rgb, f"frame{index:03d}"))
 
     def _choose_mode(self, requested: str | None) -> tuple[str, str]:
         available = self.models.modes

@@ -3,6 +3,8 @@ visitors about it. The page (app.py) calls `start` and knows nothing of models."
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -11,7 +13,7 @@ from foresight.pipeline import ForesightPipeline
 from foresight.models import quiet_loaders
 from foresight.profiles import PROFILES, load, make_settings
 
-__all__ = ["PROFILES", "about", "start"]
+__all__ = ["PROFILES", "about", "restart", "start"]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -27,7 +29,7 @@ def start(profile: str | None = None, text_mode: bool = True, weights: str | Non
     settings = make_settings(profile, **overrides)
     if settings.profile == "full":
         log("[foresight] full profile: the first start downloads about 33 GB of weights from the hub.")
-    pipe = ForesightPipeline(load(settings, log=log))
+    pipe = ForesightPipeline(load(settings, log=log), on_broken=lambda why: restart(why, log))
     if on_zero_gpu():
         log("[foresight] ZeroGPU: the GPU is lent per call, so there is no warm-up at start")
     else:
@@ -52,3 +54,40 @@ def about(pipe: ForesightPipeline) -> str:
         "**Presets:** " + " · ".join(f"{p.name} {p.width}×{p.height}, {p.seconds:.1f} s" for p in PRESETS.values()),
     ]
     return "  \n".join(lines)
+
+
+EXIT_WHEN_BROKEN_CODE = 70  # EX_SOFTWARE: a supervisor's restart-on-failure starts the app again
+
+
+def restart(why: str, log: Callable[[str], None] = print) -> None:
+    """The GPU stopped answering (`health.DeviceHealth`): the pipeline takes no more runs and tells
+    each visitor so in words. Then, where something can start the app afresh:
+
+    * on a Hugging Face Space (`SPACE_ID`) with an `HF_TOKEN` secret that may write to it: the
+      Space restarts itself through the Hub's API (`HfApi.restart_space`). A Space whose app exits
+      only shows "Runtime error" until its owner restarts it, so the app never just exits there;
+    * under a supervisor that restarts a failed process (systemd `Restart=on-failure`, Docker's
+      `--restart on-failure`), with `FORESIGHT_EXIT_WHEN_BROKEN=1`: the process exits with code 70.
+
+    Elsewhere the app stays up, saying why, until its owner restarts it.
+    """
+    log(f"[foresight] the GPU stopped answering ({why}): no more runs are taken until the app restarts")
+    space, token = os.environ.get("SPACE_ID"), os.environ.get("HF_TOKEN")
+    if space and token:
+        log(f"[foresight] restarting the Space {space} through the Hub")
+        threading.Thread(target=_restart_space, args=(space, token, log), daemon=True).start()
+    elif os.environ.get("FORESIGHT_EXIT_WHEN_BROKEN", "") in ("1", "true"):
+        log(f"[foresight] exiting with code {EXIT_WHEN_BROKEN_CODE} for the supervisor to start the app again")
+        os._exit(EXIT_WHEN_BROKEN_CODE)
+    else:
+        log("[foresight] restart the app to serve again (on a Space: its Settings, Restart; or give it an "
+            "HF_TOKEN secret to restart itself; under a supervisor: FORESIGHT_EXIT_WHEN_BROKEN=1)")
+
+
+def _restart_space(space: str, token: str, log: Callable[[str], None]) -> None:
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi(token=token).restart_space(space)
+    except Exception as exc:  # noqa: BLE001 - the owner restarts it by hand then; the page already says why
+        log(f"[foresight] the Space could not restart itself ({exc}); restart it from its Settings")

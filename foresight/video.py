@@ -220,7 +220,8 @@ def sampling_arguments(models, image: Image.Image, num_frames: int, fps: int, se
 def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
            prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor, stop: threading.Event,
            on_preview: Callable[[int, torch.Tensor], None] = lambda step, rgb: None,
-           trace: Trace = null_trace, graphs: VideoGraphs | None = None) -> torch.Tensor:
+           trace: Trace = null_trace, graphs: VideoGraphs | None = None,
+           attach: Callable[[Callable[[], None]], None] = lambda undo: None) -> torch.Tensor:
     """Denoise with LTX, `image` (the condition image, prepared: `prepare_condition`) as frame 0 ->
     frames [F, H, W, 3] uint8 on the CPU.
 
@@ -228,12 +229,14 @@ def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
     computed there: the caller copies it off the critical path) on the steps of the preview cadence
     (`Settings.preview_every`), the last step included. Raises Stopped when `stop` is set. With
     `graphs` (`Settings.video_graphs`), each step's transformer forward and each preview decode run
-    through their static graphs.
+    through their static graphs. `attach(undo)` is told how to take each hook (and the graphed
+    forward) off the shared transformer again, for a caller that must do it from another thread.
     """
     pipeline, settings = models.video_pipeline, models.settings
     sampling = settings.sampling
     shape = latent_shape(pipeline, num_frames, image.height, image.width)
     estimate = DenoisingEstimate(pipeline, sampling.guidance_scale)
+    attach(estimate.remove)
     previewed = set(preview_steps(sampling.num_steps, settings.preview_every))
     decode = graphs.decode_preview if graphs is not None else functools.partial(decode_estimate, pipeline)
     call_start = trace.mark()
@@ -256,9 +259,12 @@ def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
         return {}
 
     step_hook = pipeline.transformer.register_forward_pre_hook(on_forward)
+    attach(step_hook.remove)
     graphed = graphed_forward(pipeline.transformer, graphs.transformer) if graphs else contextlib.nullcontext()
     try:
-        with graphed:
+        with graphed as undo_forward:
+            if undo_forward is not None:
+                attach(undo_forward)
             output = pipeline(**sampling_arguments(models, image, num_frames, fps, seed, prompt_embeds,
                                                    prompt_attention_mask),
                               output_type="pt", callback_on_step_end=on_step_end)

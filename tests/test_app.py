@@ -19,6 +19,7 @@ EXAMPLE = str(ROOT / "examples" / "cat.jpg")
 ARTIFACTS = ROOT / "test-artifacts"
 CACHE_TTL_S = 60  # the sweep then runs every 10 s (storage.keep_swept)
 MAX_UPLOAD_MB = 2  # the app's file-size limit in these tests
+RUNS_MAX_MB = 8  # all runs' files together, in these tests
 
 
 def free_port():
@@ -31,8 +32,8 @@ def free_port():
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app")
     port = free_port()
-    env = {**os.environ, "FORESIGHT_OUTPUTS": str(tmp / "outputs"), "GRADIO_TEMP_DIR": str(tmp / "gradio"),
-           "FORESIGHT_MAX_OUTPUT_RUNS": "2", "FORESIGHT_CACHE_TTL": str(CACHE_TTL_S),
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp / "gradio"), "FORESIGHT_RUNS_MAX_MB": str(RUNS_MAX_MB),
+           "FORESIGHT_API_KEEP_S": "30", "FORESIGHT_CACHE_TTL": str(CACHE_TTL_S),
            "FORESIGHT_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB)}
     log = open(tmp / "app.log", "w")
     process = subprocess.Popen([sys.executable, "app.py", "--profile", "tiny", "--port", str(port), "--mcp"],
@@ -48,7 +49,7 @@ def server(tmp_path_factory):
             time.sleep(0.5)
     else:
         pytest.fail("the app did not start:\n" + (tmp / "app.log").read_text())
-    yield {"url": url, "outputs": tmp / "outputs", "gradio_cache": tmp / "gradio", "log": tmp / "app.log",
+    yield {"url": url, "outputs": tmp / "gradio" / "foresight-runs", "gradio_cache": tmp / "gradio", "log": tmp / "app.log",
            "pid": process.pid}
     process.terminate()
     process.wait(timeout=30)
@@ -217,18 +218,25 @@ def test_a_cancelled_job_writes_no_video(client, server):
     assert Path(video).exists(), "the next request runs normally"
 
 
-def test_disk_use_stays_bounded(client, server):
-    for _ in range(4):
-        client.predict(handle_file(EXAMPLE), "", "fast", api_name="/predict")
-    assert len([p for p in server["outputs"].iterdir() if p.is_dir()]) <= 2  # FORESIGHT_MAX_OUTPUT_RUNS
-    videos = sorted(server["gradio_cache"].rglob("*.mp4"), key=lambda p: p.stat().st_mtime)
-    assert len(videos) > 1, "previews and videos pass through Gradio's cache"
-    old, fresh = videos[0], videos[-1]  # the newest was written a moment ago
-    os.utime(old, (time.time() - 2 * CACHE_TTL_S,) * 2)  # older than the cache keeps files
+def test_disk_use_stays_bounded(client, server, tmp_path):
+    """Runs stay within their budget and are served from their folders (no copies in Gradio's
+    cache); the cache's sweep deletes old uploads and never touches a run."""
+    from foresight.storage import folder_bytes
+
+    mine = tmp_path / "mine.png"  # not an example: those stay in the cache for the page
+    Image.open(EXAMPLE).save(mine)
+    for _ in range(2):
+        client.predict(handle_file(str(mine)), "", "fast", api_name="/predict")
+    assert 0 < folder_bytes(server["outputs"]) <= RUNS_MAX_MB * 2**20
+    cached = [p for p in server["gradio_cache"].rglob("*") if p.is_file() and not p.is_relative_to(server["outputs"])]
+    assert not [p for p in cached if p.suffix in (".mp4", ".jpg") and "seed" in p.name], "no copies of a run's files"
+    upload, run_file = next(p for p in cached if p.name == "mine.png"), next(server["outputs"].rglob("*.mp4"))
+    for path in (upload, run_file):
+        os.utime(path, (time.time() - 2 * CACHE_TTL_S,) * 2)  # older than the cache keeps files
     deadline = time.time() + 60  # the sweep runs every 10 s; this waits for it, it does not time it
-    while old.exists() and time.time() < deadline:
+    while upload.exists() and time.time() < deadline:
         time.sleep(0.5)
-    assert not old.exists() and fresh.exists(), "an old preview or video is deleted, a fresh one kept"
+    assert not upload.exists() and run_file.exists(), "an old upload is deleted, a run's file is the runs' to keep"
 
 
 def test_the_cache_sweep_keeps_the_folder_under_its_size():

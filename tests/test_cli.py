@@ -41,7 +41,8 @@ def test_predict_writes_video_event_log_and_timeline(photo, tmp_path):
     kinds = [ev["type"] for ev in events]
     assert kinds[0] == "thinking_start" and kinds[-1] == "thinking_complete"
     assert kinds.index("text_chunk") < kinds.index("video_complete")
-    assert all("data" not in ev for ev in events)
+    previews = [ev for ev in events if ev["type"] == "video_frame"]
+    assert previews and all(Path(ev["path"]).parent == tmp_path / "out" for ev in previews), "JPEG files, not bytes"
     assert result.stdout.strip() == events[-1]["text"].strip()
     video = Path(events[-1]["video_url"])
     assert video.parent == tmp_path / "out"

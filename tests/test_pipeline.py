@@ -4,6 +4,7 @@ import dataclasses
 import json
 import threading
 import time
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -193,7 +194,9 @@ def test_stop_ends_the_run_without_a_video(pipe, photo, tmp_path):
     assert "video_complete" not in types(events)
     previews = [ev for ev in events if ev["type"] == "video_frame"]
     assert len(previews) < 4  # stopped at the next denoising step, not after all of them
-    assert list(tmp_path.iterdir()) == [], "the mp4 begun beside the video is not left behind"
+    assert list(tmp_path.glob("*.mp4")) == [], "the mp4 begun beside the video is not left behind"
+    assert {path.name for path in tmp_path.iterdir()} == {Path(ev["path"]).name for ev in previews}, \
+        "nothing but the previews that were shown"
 
 
 def test_closing_the_stream_early_stops_the_workers(models, pipe, photo, tmp_path):

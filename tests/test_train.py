@@ -102,7 +102,7 @@ def test_the_checkpoint_plugs_into_the_pipeline_and_changes_fused_output(models,
         events = run_events(ForesightPipeline(the_models), ROOT / "examples" / "cat.jpg", mode="fused", seed=5,
                             out_dir=tmp_path, frame_events=True)
         frame = [ev for ev in events if ev["type"] == "video_frame"][-1]
-        return frame["data"]
+        return Path(frame["path"]).read_bytes()
 
     assert last_frame(dataclasses.replace(models, bridge=bridge)) != last_frame(models)
 

@@ -1,0 +1,64 @@
+"""Whether the GPU still answers: judged after each run that passed its deadline.
+
+A run past its deadline is ended and its stuck threads are abandoned (`pipeline.ForesightPipeline`);
+the next run gets fresh ones. That is enough when one stage hung (a stalled ffmpeg pipe, a
+deadlock). When the device itself hangs, every run after it would hang too: then the process
+stops taking runs, says why, and asks for a restart (`serving.restart`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+PROBE_TIMEOUT_S = 10.0  # a one-element kernel and a sync take microseconds on a GPU that answers
+REPEAT_WINDOW_S = 600.0  # a second deadline this soon after the first: the device, not a stage
+
+
+def probe_device(device: str) -> None:
+    """One tiny kernel and a wait for it: returns at once on a device that answers."""
+    import torch
+
+    torch.ones(1, device=device).add_(1).sum().item()
+
+
+class DeviceHealth:
+    def __init__(self, device: str, probe: Callable[[], None] | None = None,
+                 on_broken: Callable[[str], None] = lambda why: None, probe_timeout_s: float = PROBE_TIMEOUT_S,
+                 window_s: float = REPEAT_WINDOW_S, clock: Callable[[], float] = time.monotonic):
+        self.probe = probe or (lambda: probe_device(device))
+        self.on_broken, self.probe_timeout_s, self.window_s, self.clock = on_broken, probe_timeout_s, window_s, clock
+        self.broken: str | None = None  # why no run is taken any more
+        self.deadlines: list[float] = []
+
+    def after_deadline(self, timeout_s: float) -> None:
+        """A run passed its deadline of `timeout_s`: decide whether the device is gone."""
+        now = self.clock()
+        recent = [t for t in self.deadlines if now - t < self.window_s]
+        self.deadlines.append(now)
+        if recent:
+            self._break(f"two runs passed their {timeout_s:.0f} s deadline within {self.window_s / 60:.0f} minutes")
+        elif not self._answers():
+            self._break(f"the GPU did not answer a one-kernel probe within {self.probe_timeout_s:g} s")
+
+    def _answers(self) -> bool:
+        """The probe returned in time, without an error (a CUDA error there means the device is gone too)."""
+        answered = threading.Event()
+
+        def run():
+            try:
+                self.probe()
+                answered.set()
+            except Exception:  # noqa: BLE001 - an error is no answer
+                pass
+
+        thread = threading.Thread(target=run, daemon=True, name="foresight-probe")
+        thread.start()
+        thread.join(self.probe_timeout_s)
+        return answered.is_set()
+
+    def _break(self, why: str) -> None:
+        if self.broken is None:
+            self.broken = why
+            self.on_broken(why)
