@@ -72,9 +72,10 @@ def run_checks(models, image=EXAMPLE, log: Callable[[str], None] = print) -> lis
             import imageio.v3 as iio
 
             mp4_frames = iio.imread(end["video_url"], plugin="FFMPEG")
+        frames = [np.asarray(decode_frame(ev)) for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"]
+        previews = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "preview"]
+        last_preview = np.asarray(decode_frame(previews[-1])) if previews else None
     errors = [ev["message"] for ev in events if ev["type"] == "error"]
-    frames = [np.asarray(decode_frame(ev)) for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"]
-    previews = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "preview"]
     condition = np.asarray(video_view(load_image(image), PRESETS["fast"]))
 
     def check(name: str, value: str, ok: bool, needs_trained_weights: bool = False) -> Check:
@@ -105,8 +106,7 @@ def run_checks(models, image=EXAMPLE, log: Callable[[str], None] = print) -> lis
                              needs_trained_weights=True))
         results.append(check("…but not into noise", f"fine detail ×{growth:.2f} first to last",
                              growth <= MAX_NOISE_GROWTH, needs_trained_weights=True))
-        if previews:
-            last_preview = np.asarray(decode_frame(previews[-1]))
+        if last_preview is not None:
             results.append(check("last preview close to the final frame", f"PSNR {psnr(last_preview, last):.1f} dB",
                                  psnr(last_preview, last) >= MIN_PREVIEW_PSNR, needs_trained_weights=True))
     for label, key in (("first text", "ttft"), ("first preview", "first_frame"), ("mp4 ready", "video_ready")):

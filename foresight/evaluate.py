@@ -40,9 +40,7 @@ def final_frame(pipe, image, mode: str, seed: int, preset: str) -> Image.Image:
     with tempfile.TemporaryDirectory() as scratch:
         frames = [ev for ev in pipe(image, preset=preset, mode=mode, seed=seed, out_dir=scratch, frame_events=True)
                   if ev["type"] == "video_frame" and ev["kind"] == "frame"]
-    if not frames:
-        return Image.new("RGB", (CELL, CELL), (40, 40, 40))
-    return decode_frame(frames[-1])
+        return decode_frame(frames[-1]) if frames else Image.new("RGB", (CELL, CELL), (40, 40, 40))
 
 
 def comparison_grid(models, bridge: Bridge, name: str, images: list[Image.Image], out: Path, seed: int = 0,

@@ -19,11 +19,21 @@ def encode(image, fmt, **kwargs):
 
 
 def test_exif_orientation_is_applied():
+    """A phone photo stored sideways reaches the models upright: the pixels turn, not only the size."""
     image = Image.new("RGB", (200, 100), (10, 200, 10))
+    image.paste((250, 0, 0), (0, 0, 40, 40))  # stored top-left: red
+    image.paste((0, 0, 250), (0, 60, 40, 100))  # stored bottom-left: blue
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
-    loaded = load_image(encode(image, "JPEG", exif=exif))
-    assert loaded.size == (100, 200)
+    loaded = np.asarray(load_image(encode(image, "JPEG", exif=exif)), dtype=np.int16)
+    assert loaded.shape == (200, 100, 3)
+
+    def colour(top, left):
+        return loaded[top + 10:top + 30, left + 10:left + 30].mean(axis=(0, 1))
+
+    assert np.abs(colour(0, 60) - (250, 0, 0)).max() < 30, "the stored top-left is now the top-right"
+    assert np.abs(colour(0, 0) - (0, 0, 250)).max() < 30, "the stored bottom-left is now the top-left"
+    assert np.abs(colour(160, 40) - (10, 200, 10)).max() < 30
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "CMYK", "P", "I;16", "F", "1"])
