@@ -32,7 +32,7 @@ from foresight.serving import PROFILES, start  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # Run folders live inside Gradio's upload folder (GRADIO_TEMP_DIR) and are served from there as they
-# are, never copied: a page that still shows a run whose files were deleted then reaches the
+# are, never copied or hashed: a page that still shows a run whose files were deleted then reaches the
 # handlers, which say so in words (Gradio refuses an event naming a file outside that folder
 # before any handler runs). storage.RunStore decides what stays.
 RUNS_DIR = Path(gr.utils.get_upload_folder()) / "foresight-runs"
@@ -97,8 +97,8 @@ class RunVideo(gr.Video):
     gr.Video probes every file it is given with ffprobe (a subprocess) on every update, to decide
     whether to convert it; a streaming handler yields the finished mp4 again with each text update
     after it. The pipeline writes H.264 in yuv420p with the index up front (`media.Mp4Writer`),
-    which browsers play as it is, so nothing needs deciding: the file is handed to the page once
-    per update for free, and served from the run's folder without a copy (`gr.set_static_paths`)."""
+    which browsers play as it is, so nothing needs deciding: each update hands the page the file
+    as it is, served from the run's folder (inside Gradio's upload folder, so never copied)."""
 
     is_template = True
 
@@ -331,7 +331,7 @@ class Page:
         Args:
             image: the picture to look at: an http(s) URL or a data: URL of a JPEG, PNG, WebP, GIF, BMP or TIFF
             prompt: an optional question about the picture, e.g. "What will the dog do next?"
-            preset: the video's size: "fast" (256x256, 1.1 s), "default" (512x512, 2.1 s) or "high" (768x768, 2.7 s)
+            preset: the video's size and length: "fast" (256x256, 25 frames, 1.0 s), "default" (512x512, 49 frames, 2.0 s) or "high" (768x768, 65 frames, 2.7 s), all at 24 fps
         Returns:
             the model's reasoning, whose first line is its prediction of what happens next
             the clip's last preview frame (a JPEG)
@@ -354,7 +354,7 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
     """The page's layout and wiring; `Page` holds what each event does. The preview and the video
     share one place through CSS (the video hides the preview once it has a source)."""
     page = Page(pipe, default_preset)
-    gr.set_static_paths([RUNS_DIR])  # served as they are: no copy, no hash (RunVideo: no probe either)
+    gr.set_static_paths([RUNS_DIR])  # untracked by Gradio's delete_cache: RunStore alone decides what goes
     with gr.Blocks(title="Foresight", delete_cache=(CACHE_TTL_S, CACHE_TTL_S)) as demo:
         gr.Markdown("# Foresight\nDrop an image. The model thinks out loud and shows what happens next.")
         with gr.Row():

@@ -159,7 +159,8 @@ def run_command(args) -> int:
     quiet = args.command in ("bench", "eval-bridge")
     try:
         models = load(settings, log=(lambda m: None) if quiet else log,
-                      load_text_encoder=(args.objective == "distill") if args.command == "train" else None)
+                      load_text_encoder=(args.objective == "distill") if args.command == "train" else None,
+                      load_vision=True if args.command in ("train", "eval-bridge") else None)
     except BridgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

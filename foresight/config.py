@@ -24,10 +24,19 @@ class Preset:
         return self.num_frames / self.fps
 
 
+# Rendered at 24 fps, a rate LTX's authors run the model at: it is told the rate (`frame_rate`,
+# which scales the time axis of its positions into seconds, as the authors' `ltx_video` pipeline
+# does: pipeline_ltx_video.py, `fractional_coords[:, 0] * (1.0 / frame_rate)`), and the mp4 plays
+# at the same. Sources: their `ltx_video/inference.py` defaults to 30; their distilled Space
+# (Lightricks/ltx-video-distilled, app.py) wrote 24 at first and runs 30 now; diffusers' 0.9.8
+# distilled example writes 24; training "was actually done in various frame rates"
+# (Lightricks/LTX-Video issue 149), and users found 24 and 30 stable where low rates are not
+# (LTX-Video-Trainer issue 27). Of the two, 24 costs fewer latent tokens for the same seconds.
+# The frame counts (8k+1) keep each preset's clip length (docs/DESIGN.md, Presets).
 PRESETS = {
-    "fast": Preset("fast", 256, 256, 17, 16),
-    "default": Preset("default", 512, 512, 33, 16),
-    "high": Preset("high", 768, 768, 65, 24),
+    "fast": Preset("fast", 256, 256, 25, 24),  # 1.04 s; 4 latent frames x 64 = 256 tokens (was 17 at 16 fps: 192)
+    "default": Preset("default", 512, 512, 49, 24),  # 2.04 s; 7 x 256 = 1,792 tokens (was 33 at 16 fps: 1,280)
+    "high": Preset("high", 768, 768, 65, 24),  # 2.71 s; 9 x 576 = 5,184 tokens (unchanged)
 }
 # A CUDA out-of-memory retries at the next smaller preset, down to the smallest.
 SMALLER_PRESET = {"high": "default", "default": "fast"}
@@ -237,6 +246,22 @@ def check(settings: Settings) -> Settings:
     if settings.preview_decode not in PREVIEW_DECODES:
         raise ValueError(f"preview decode {settings.preview_decode!r}: use one of {', '.join(PREVIEW_DECODES)}")
     return settings
+
+
+# What each loader reads of its repository, as fnmatch patterns that hold for the real repos' file
+# names and for the tiny profile's: the only files the full profile downloads (`models.fetch`),
+# each part only when it runs (T5 and its tokenizer with text mode, DINOv2 with a bridge), and what
+# README's `preload_from_hub` lists by name (tests/test_hub_files.py holds the two together, and
+# fails when a loader reads a file that is not here).
+HUB_FILES = {
+    "vlm": ("config.json", "generation_config.json", "chat_template.json", "preprocessor_config.json",
+            "tokenizer.json", "tokenizer_config.json", "model*.safetensors*"),
+    "vision": ("config.json", "preprocessor_config.json", "model.safetensors"),
+    "video": ("model_index.json", "scheduler/scheduler_config.json", "transformer/config.json", "vae/config.json"),
+    "text_encoder": ("text_encoder/config.json", "text_encoder/model*.safetensors*", "tokenizer/*"),
+    # only without a single file (the 13B distilled diffusers repo): the weights from the folder
+    "video_weights": ("transformer/*", "vae/*"),
+}
 
 
 def resolve(settings: Settings, model_id: str) -> str:

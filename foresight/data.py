@@ -11,6 +11,7 @@ Without one, the distill target is the VLM's own one-line prediction.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -164,7 +165,8 @@ def features_key(models, items: list[Item], objective: str, preset: str, num_tok
     settings = models.settings
     h = hashlib.sha256(json.dumps([FEATURES_VERSION, base_models(settings), str(settings.models_dir),
                                    settings.profile, SYSTEM_PROMPT, settings.vlm_min_pixels, settings.vlm_max_pixels,
-                                   settings.hidden_layer, objective, preset if objective == "video" else None,
+                                   settings.hidden_layer, objective,
+                                   dataclasses.astuple(PRESETS[preset]) if objective == "video" else None,
                                    settings.sampling.condition_crf if objective == "video" else None,
                                    num_tokens]).encode())
     for item in items:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from foresight.bridge import Bridge, find_bridge_checkpoint, load_bridge
-from foresight.config import Settings, base_models, resolve
+from foresight.config import HUB_FILES, Settings, base_models, resolve
 from foresight.ltx_checkpoint import Finding, apply_padding, padding_of, read_header, verify
 
 
@@ -24,8 +24,8 @@ from foresight.ltx_checkpoint import Finding, apply_padding, padding_of, read_he
 class Models:
     vlm_processor: Any  # Qwen2_5_VLProcessor
     vlm: Any  # Qwen2_5_VLForConditionalGeneration
-    vision_processor: Any  # DINOv2's image processor
-    vision: Any  # Dinov2Model
+    vision_processor: Any  # DINOv2's image processor (None when no bridge would read it)
+    vision: Any  # Dinov2Model (None likewise)
     video_pipeline: Any  # LTXConditionPipeline (text_encoder None when `text` mode cannot run)
     bridge: Bridge | None  # None: no trained weights for these base models, `fused` mode unavailable
     bridge_note: str  # what was (or was not) loaded, for the page and the logs
@@ -43,11 +43,15 @@ def torch_dtype(settings: Settings) -> torch.dtype:
 
 
 def load_models(settings: Settings, log: Callable[[str], None] = print,
-                load_text_encoder: bool | None = None, describe: Callable[[str], str] = str) -> Models:
+                load_text_encoder: bool | None = None, describe: Callable[[str], str] = str,
+                load_vision: bool | None = None) -> Models:
     """Load every model once, in the settings' dtype and device, safetensors only.
 
     T5-XXL is loaded when `text` mode can be asked for (`settings.text_mode`) or is the only mode
     (no bridge); `load_text_encoder` forces the choice (training's video objective needs no T5).
+    DINOv2 is loaded only for a bridge, which alone reads it; `load_vision` forces the choice
+    (training and evaluation read it to make a bridge). Without a bridge it would cost a 1.2 GB
+    download, its load time and 0.6 GB of GPU memory in bf16 for nothing.
     `describe(model_id)` names a model in the console lines (a profile's stand-ins say what they are).
     Raises BridgeError when `settings.weights` names a checkpoint that does not fit these models.
     """
@@ -62,14 +66,18 @@ def load_models(settings: Settings, log: Callable[[str], None] = print,
         return out
 
     bridge, bridge_note = load_bridge_for(settings)  # first: a refused --weights costs no model loading
-    vlm_path = resolve(settings, ids.vlm)
+    vlm_path = fetch(settings, ids.vlm, "vlm")
     vlm_processor = AutoProcessor.from_pretrained(vlm_path)
     vlm = step("VLM", ids.vlm, lambda: Qwen2_5_VLForConditionalGeneration.from_pretrained(  # sdpa: vlm.encode_image
         vlm_path, dtype=dtype, use_safetensors=True, attn_implementation="sdpa").to(device).eval())
-    vision_path = resolve(settings, ids.vision)
-    vision_processor = AutoImageProcessor.from_pretrained(vision_path)
-    vision = step("vision model", ids.vision, lambda: Dinov2Model.from_pretrained(
-        vision_path, dtype=dtype, use_safetensors=True).to(device).eval())
+    vision_processor = vision = None
+    if load_vision or (load_vision is None and bridge is not None):
+        vision_path = fetch(settings, ids.vision, "vision")
+        vision_processor = AutoImageProcessor.from_pretrained(vision_path)
+        vision = step("vision model", ids.vision, lambda: Dinov2Model.from_pretrained(
+            vision_path, dtype=dtype, use_safetensors=True).to(device).eval())
+    else:
+        log(f"[foresight] vision model: {ids.vision} not loaded, as no bridge would read it")
     if bridge is not None:
         bridge = bridge.to(device, dtype).eval()
     log(f"[foresight] bridge: {bridge_note}")
@@ -125,7 +133,8 @@ def load_video_pipeline(settings: Settings, load_text_encoder: bool = True) -> t
     from diffusers import LTXConditionPipeline
 
     dtype, ids = torch_dtype(settings), settings.model_ids
-    folder = resolve(settings, ids.video)
+    folder = fetch(settings, ids.video, "video", *([] if ids.video_single_file else ["video_weights"]),
+                   *(["text_encoder"] if load_text_encoder else []))
     parts, checks = (_load_single_file(settings, folder, dtype) if ids.video_single_file else ({}, []))
     if not load_text_encoder:
         parts.update(text_encoder=None, tokenizer=None)
@@ -177,6 +186,17 @@ def prepare_video_pipeline(pipeline):
         pipeline.scheduler.config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def fetch(settings: Settings, model_id: str, *parts: str) -> str:
+    """The folder to load `model_id` from: under `models_dir` (or a local path) as it is, else a
+    snapshot of only the files `config.HUB_FILES` names for these parts, downloaded once."""
+    path = resolve(settings, model_id)
+    if settings.models_dir is not None or Path(path).exists():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(model_id, allow_patterns=[pattern for part in parts for pattern in HUB_FILES[part]])
 
 
 def _local_single_file(settings: Settings, spec: str) -> str:

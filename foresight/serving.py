@@ -28,7 +28,7 @@ def start(profile: str | None = None, text_mode: bool = True, weights: str | Non
     quiet_loaders()
     settings = make_settings(profile, **overrides)
     if settings.profile == "full":
-        log("[foresight] full profile: the first start downloads about 33 GB of weights from the hub.")
+        log("[foresight] full profile: the first start downloads about 42 GB of weights from the hub (the files that run).")
     pipe = ForesightPipeline(load(settings, log=log), on_broken=lambda why: restart(why, log))
     if on_zero_gpu():
         log("[foresight] ZeroGPU: the GPU is lent per call, so there is no warm-up at start")
@@ -46,7 +46,8 @@ def about(pipe: ForesightPipeline) -> str:
     lines = [
         f"**Profile:** {settings.profile}" + (f", {stand_in[settings.profile]}" if settings.profile in stand_in
                                               else "") + f" · {settings.device}, {settings.dtype}",
-        f"**Models:** {ids.vlm} (reasoning), {ids.vision} (image features), "
+        f"**Models:** {ids.vlm} (reasoning), "
+        f"{ids.vision} ({'image features' if models.vision is not None else 'not loaded: no bridge reads it'}), "
         f"{ids.video_single_file or ids.video} (video)",
         f"**Bridge:** {models.bridge_note}",
         f"**Modes:** {', '.join(models.modes)} · **Sampling:** {settings.sampling.num_steps} steps, guidance "

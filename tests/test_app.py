@@ -14,11 +14,14 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from foresight.config import PRESETS
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = str(ROOT / "examples" / "cat.jpg")
 ARTIFACTS = ROOT / "test-artifacts"
 CACHE_TTL_S = 60  # the sweep then runs every 10 s (storage.keep_swept)
 MAX_UPLOAD_MB = 2  # the app's file-size limit in these tests
+FAST_FRAMES = PRESETS["fast"].num_frames
 RUNS_MAX_MB = 8  # all runs' files together, in these tests
 
 
@@ -92,7 +95,7 @@ def test_predict_streams_text_then_previews_then_the_video(client):
     text, preview, video = job.result()
     assert text == texts[-1]
     frames = iio.imread(video, plugin="FFMPEG")
-    assert frames.shape[0] == 17 and frames.shape[-1] == 3
+    assert frames.shape[0] == FAST_FRAMES and frames.shape[-1] == 3
     assert re.fullmatch(r"cat-seed\d+\.mp4", Path(video).name), "the download is named after the input and seed"
 
 
@@ -122,6 +125,11 @@ def test_predict_is_a_tool_an_agent_can_call(server):
     tools = httpx.get(f"{server['url']}/gradio_api/mcp/schema").json()
     assert [tool["name"] for tool in tools] == ["predict"], "nothing private is a tool"
     assert "render a short video of what happens next" in tools[0]["description"]
+    for name, preset in PRESETS.items():  # what an agent reads of each preset is what it renders
+        assert f'"{name}" ({preset.width}x{preset.height}, {preset.num_frames} frames, {preset.seconds:.1f} s)' \
+            in tools[0]["description"]
+    assert f"all at {PRESETS['fast'].fps} fps" in tools[0]["description"]
+    assert len({preset.fps for preset in PRESETS.values()}) == 1
     assert set(tools[0]["inputSchema"]["properties"]) == {"image", "prompt", "preset"}
     image = "data:image/jpeg;base64," + base64.b64encode(Path(EXAMPLE).read_bytes()).decode()  # no URL to fetch
 
@@ -136,7 +144,7 @@ def test_predict_is_a_tool_an_agent_can_call(server):
     reasoning, preview, video = ast.literal_eval(result.content[0].text)  # the endpoint's three outputs
     assert reasoning and preview["url"].endswith(".jpg") and video["url"].endswith(".mp4")
     frames = iio.imread(httpx.get(video["url"]).content, extension=".mp4", plugin="FFMPEG")
-    assert frames.shape[0] == 17
+    assert frames.shape[0] == FAST_FRAMES
 
 
 def test_bench_times_the_app_as_its_client_sees_it(server):

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from foresight.config import PRESETS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -46,7 +48,7 @@ def test_predict_writes_video_event_log_and_timeline(photo, tmp_path):
     assert result.stdout.strip() == events[-1]["text"].strip()
     video = Path(events[-1]["video_url"])
     assert video.parent == tmp_path / "out"
-    assert iio.imread(video, plugin="FFMPEG").shape[0] == 17
+    assert iio.imread(video, plugin="FFMPEG").shape[0] == PRESETS["fast"].num_frames
     spans = json.loads((tmp_path / "trace" / "timeline.json").read_text())["spans"]
     assert {"prefill", "step 0", "VAE decode", "mp4"} <= {span["name"] for span in spans}
     picture = Image.open(tmp_path / "trace" / "timeline.png")

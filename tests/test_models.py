@@ -34,10 +34,18 @@ def test_without_text_mode_t5_is_skipped_when_a_bridge_runs(models, photo, tmp_p
     assert "video_complete" in [ev["type"] for ev in events]
 
 
-def test_t5_loads_anyway_when_no_bridge_can_run(models, tmp_path):
-    no_weights = dataclasses.replace(models.settings, text_mode=False, weights_dir=tmp_path)
-    fallback = load_models(no_weights, log=lambda m: None)
+def test_without_a_bridge_t5_loads_anyway_and_dinov2_does_not(models, photo, tmp_path):
+    """The tiny profile always finds its own tiny bridge: "no bridge" points the weights folder elsewhere."""
+    no_weights = dataclasses.replace(models.settings, text_mode=False, weights_dir=tmp_path / "no-bridges")
+    lines = []
+    fallback = load_models(no_weights, log=lines.append)
     assert fallback.bridge is None and fallback.video_pipeline.text_encoder is not None and fallback.modes == ["text"]
+    assert fallback.vision is None and fallback.vision_processor is None, "no bridge reads DINOv2: not loaded"
+    assert "[foresight] vision model: facebook/dinov2-large not loaded, as no bridge would read it" in lines
+    events = run_events(ForesightPipeline(fallback), photo, seed=1, out_dir=tmp_path)
+    assert events[0]["mode"] == "text" and events[-1]["video_url"]
+    for_training = load_models(no_weights, log=lambda m: None, load_vision=True)
+    assert for_training.vision is not None, "training and evaluation read it without a bridge"
 
 
 def test_static_cache_decode_writes_the_same_text(models, photo, tmp_path):
@@ -75,7 +83,7 @@ def test_bf16_end_to_end_as_on_a_gpu(models, photo, tmp_path):
     clips = tmp_path / "clips"
     clips.mkdir()
     for i in range(2):
-        frames = [np.roll(np.asarray(photo), 8 * f + i, axis=1) for f in range(17)]
+        frames = [np.roll(np.asarray(photo), 8 * f + i, axis=1) for f in range(25)]
         imageio.mimwrite(clips / f"c{i}.mp4", frames, fps=16, codec="libx264", macro_block_size=16)
     features = FeatureSet.build(bf16, clips, "video", preset="fast", num_tokens=8, folder=tmp_path / "vf",
                                 log=lambda m: None)

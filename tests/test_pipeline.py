@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from foresight.config import PRESETS
 from foresight.events import decode_frame
 from foresight.pipeline import ForesightPipeline
 
@@ -39,7 +40,8 @@ def test_events_arrive_in_protocol_order(pipe, photo, tmp_path, mode):
     assert all(events[i]["num_steps"] == 7 and events[i]["frame_index"] == 16 for i in previews)
     assert [ev["t"] for ev in events] == sorted(ev["t"] for ev in events)
     frames = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"]
-    assert [f["frame_index"] for f in frames] == list(range(17)) and max(previews) < events.index(frames[0])
+    assert [f["frame_index"] for f in frames] == list(range(PRESETS["fast"].num_frames))
+    assert max(previews) < events.index(frames[0])
     assert decode_frame(frames[0]).size == (start["width"], start["height"])
     end = events[-1]
     assert end["text"] == "".join(ev["content"] for ev in events if ev["type"] == "text_chunk") != ""
@@ -88,14 +90,13 @@ def test_mp4_decodes_to_the_presets_frames_and_size(pipe, photo, tmp_path):
     events = run_events(pipe, photo, seed=1, out_dir=tmp_path)
     start, end = events[0], events[-1]
     frames = iio.imread(end["video_url"], plugin="FFMPEG")
-    assert frames.shape == (17, start["height"], start["width"], 3)
+    assert frames.shape == (start["num_frames"], start["height"], start["width"], 3)
     assert frames.std() > 1  # not a blank clip
 
 
 @pytest.mark.parametrize("name", ["fast", "default", "high"])
 def test_an_mp4_plays_at_its_presets_rate_for_its_presets_length(name, tmp_path):
     """What a viewer gets per preset: its frames, at its frame rate, so the clip lasts as long as it says."""
-    from foresight.config import PRESETS
     from foresight.media import Mp4Writer
 
     preset = PRESETS[name]
@@ -107,13 +108,13 @@ def test_an_mp4_plays_at_its_presets_rate_for_its_presets_length(name, tmp_path)
 
 
 def test_the_pipeline_writes_the_mp4_at_the_presets_rate(pipe, photo, tmp_path, monkeypatch):
-    """A preset at 24 fps (as `high` is), at `fast`'s small size: the run's mp4 says 24 fps."""
-    from foresight.config import PRESETS, Preset
+    """A preset at another rate, at `fast`'s small size: the run's mp4 says that rate."""
+    from foresight.config import Preset
 
-    monkeypatch.setitem(PRESETS, "fast", Preset("fast", 256, 256, 17, 24))
+    monkeypatch.setitem(PRESETS, "fast", Preset("fast", 256, 256, 17, 30))
     events = run_events(pipe, photo, seed=1, out_dir=tmp_path)
     meta = iio.immeta(events[-1]["video_url"], plugin="FFMPEG")
-    assert events[0]["fps"] == 24 and meta["fps"] == 24 and meta["duration"] == pytest.approx(17 / 24, abs=0.05)
+    assert events[0]["fps"] == 30 and meta["fps"] == 30 and meta["duration"] == pytest.approx(17 / 30, abs=0.05)
 
 
 def test_same_seed_same_video_other_seed_other_video(pipe, photo, tmp_path):
@@ -172,9 +173,9 @@ def test_out_of_memory_steps_down_one_preset_at_a_time(models, pipe, photo, tmp_
     assert [ev["retry_preset"] for ev in notices] == ["default", "fast"]
     assert "retrying at default" in notices[0]["message"] and all(ev["recoverable"] for ev in notices)
     done = [ev for ev in events if ev["type"] == "video_complete"]
-    assert len(done) == 1 and done[0]["num_frames"] == 17 and events[-1]["preset"] == "fast"
+    assert len(done) == 1 and done[0]["num_frames"] == PRESETS["fast"].num_frames and events[-1]["preset"] == "fast"
     clip = iio.imread(done[0]["video_url"], plugin="FFMPEG")
-    assert clip.shape[0] == 17 and clip.shape[1] < events[0]["height"]  # rendered at fast's size, not high's
+    assert clip.shape[0] == PRESETS["fast"].num_frames and clip.shape[1] < events[0]["height"]  # rendered at fast's size, not high's
 
 
 def test_out_of_memory_at_the_smallest_preset_is_a_video_error(models, pipe, photo, tmp_path):

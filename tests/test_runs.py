@@ -1,7 +1,5 @@
 """Run folders belong to whoever shows them, within one disk budget (storage.RunStore)."""
 
-from pathlib import Path
-
 from foresight.storage import API_OWNER, RunStore
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from gradio import processing_utils
+from gradio.route_utils import delete_files_created_by_app
 from gradio_client import Client, handle_file
 
 from foresight import storage
@@ -50,7 +51,7 @@ def test_the_mp4_and_the_previews_are_processed_once_not_on_every_update(space, 
 def test_a_strangers_runs_push_yours_out_and_your_page_says_so_in_words(space, capfd):
     """Two sessions on a budget of one run: the second visitor's run takes the first's files. The
     first's thumbnail then says in words that the run is gone and leaves the history; no toast,
-    no traceback. Gradio's cache sweep, run early, leaves the runs alone."""
+    no traceback. Gradio's cache deletion and the app's sweep, run early, leave the runs alone."""
     from playwright import sync_api as playwright
 
     app = space["app"]
@@ -66,6 +67,8 @@ def test_a_strangers_runs_push_yours_out_and_your_page_says_so_in_words(space, c
             page.wait_for_function("document.querySelector('#generate').disabled", timeout=10_000)
             wait_idle(page)
             page.wait_for_function("document.querySelectorAll('#history img').length == 1", timeout=30_000)
+        # Gradio's own cache deletion and ours, run early: they leave the runs alone
+        delete_files_created_by_app(space["demo"], age=0)
         storage.sweep(Path(processing_utils.get_upload_folder()), max_age_s=0, max_bytes=0, skip=app.RUNS_DIR)
         first.locator("#history img").first.click()
         first.wait_for_function("document.querySelector('#status').innerText.includes('no longer kept')",
@@ -76,6 +79,8 @@ def test_a_strangers_runs_push_yours_out_and_your_page_says_so_in_words(space, c
         second.locator("#history img").first.click()
         second.wait_for_function("document.querySelector('#prompt textarea').value == 'What next?'", timeout=30_000)
         assert "mode · seed" in status(second) and second.locator("#video video[src]").count() == 1
+        source = second.get_attribute("#video video", "src")
+        assert second.request.get(source).ok, "the restored video is still there to play"
         assert first.locator(".toast-body").count() == second.locator(".toast-body").count() == 0
         browser.close()
     assert "Traceback" not in capfd.readouterr().err

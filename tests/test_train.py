@@ -42,7 +42,7 @@ def clip_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("clips")
     for i in range(6):
         frames = []
-        for f in range(20):
+        for f in range(26):
             frame = np.full((96, 128, 3), 230, np.uint8)
             frame[30:60, 5 + 4 * f + 3 * i:29 + 4 * f + 3 * i] = list(COLORS.values())[i % 4]
             frames.append(frame)
@@ -151,7 +151,7 @@ def test_predict_runs_fused_mode_with_a_chosen_bridge_and_refuses_one_for_other_
 def test_video_objective_trains_through_the_frozen_transformer(models, clip_set, tmp_path):
     features = FeatureSet.build(models, clip_set, "video", preset="fast", num_tokens=8, folder=tmp_path / "f",
                                 log=lambda m: None)
-    assert features[0]["latents"].shape[1] == 3  # 17 frames -> 3 latent frames
+    assert features[0]["latents"].shape[1] == 4  # 25 frames -> 4 latent frames
     assert_the_condition_frame_is_prepared_as_served(models, clip_set, features)
     trainer = Trainer(models, features, tmp_path / "video", config(objective="video", steps=6, batch_size=2,
                                                                      val_every=3, val_fraction=0.34))

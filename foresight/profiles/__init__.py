@@ -48,10 +48,11 @@ def describe(settings: Settings) -> Callable[[str], str]:
     return str
 
 
-def load(settings: Settings, log: Callable[[str], None] = print, load_text_encoder: bool | None = None) -> Models:
-    """The profile's models: built in memory (random-full), else read by the loaders."""
+def load(settings: Settings, log: Callable[[str], None] = print, load_text_encoder: bool | None = None,
+         load_vision: bool | None = None) -> Models:
+    """The profile's models: built in memory (random-full, a bridge and DINOv2 always), else read by the loaders."""
     if settings.profile == "random-full":
         from foresight.profiles import random_full
 
         return random_full.build_models(settings, log, load_text_encoder)
-    return load_models(settings, log, load_text_encoder, describe=describe(settings))
+    return load_models(settings, log, load_text_encoder, describe=describe(settings), load_vision=load_vision)
