@@ -3,8 +3,9 @@ launches, by part: the transformer's forward, the rest of the pipeline's step (s
 our callback), a preview decode, the final VAE decode.
 
 LTX-Video 2B's real structure (28 transformer blocks, 32 heads, 128 latent channels; the 0.9.5 VAE's
-layout) at a narrow width with random weights, on the CPU, at the default preset's 512x512x33
-(1,280 latent tokens). The operations a step dispatches are the same on any device; on a GPU each
+layout) at a narrow width with random weights, on the CPU, at the default preset's size and length
+(512x512x49 at 24 fps: 1,792 latent tokens; the counts in docs/BENCHMARKS.md were taken at its
+earlier 512x512x33, and what a step dispatches does not depend on the clip's length). The operations a step dispatches are the same on any device; on a GPU each
 host read is a sync, and each host copy (a tensor made from Python data) a blocking copy.
 
     PYTHONPATH=. python scripts/ltx_syncs.py
@@ -47,7 +48,8 @@ def count(models) -> OpCounter:
     condition = video_view(Image.new("RGB", (512, 512), (120, 30, 200)), PRESETS["default"])
     embeds, mask = video_stage.text_conditioning(models, "a square slides to the right")
     return count_denoising(models.video_pipeline, lambda: video_stage.render(
-        models, condition, 33, 16, 0, embeds, mask, threading.Event()))
+        models, condition, PRESETS["default"].num_frames, PRESETS["default"].fps, 0, embeds, mask,
+        threading.Event()))
 
 
 def time_parts(models, repeats: int = 9) -> dict[str, float]:
@@ -92,7 +94,9 @@ def main() -> None:
     steps = models.settings.sampling.num_steps
     count(models)  # warm
     counter = count(models)
-    print(f"LTX-2B structure at narrow width, 512x512x33 (1,280 tokens), {steps} steps, a preview every step")
+    preset = PRESETS["default"]
+    print(f"LTX-2B structure at narrow width, {preset.width}x{preset.height}x{preset.num_frames}, {steps} steps, "
+          "a preview every step")
     print(f"{'part':<28}{'aten ops':>10}{'host reads':>12}{'host copies':>13}")
     for part, calls in (("before", 1), ("transformer forward", steps), ("step", steps), ("preview decode", steps),
                         ("final decode", 1)):

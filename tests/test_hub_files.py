@@ -88,3 +88,28 @@ def test_the_loaders_read_only_listed_files_and_load_from_them_alone(models, tmp
         ["fused"]
     with pytest.raises(Exception):
         load_models(replace(models.settings, models_dir=lean), log=lambda m: None)
+
+
+def test_from_the_hub_each_loader_asks_only_for_the_files_of_what_runs(models, tmp_path, monkeypatch):
+    """The hub cannot be reached here: its two download calls answer from a folder of the listed
+    files, and say what was asked of them."""
+    import huggingface_hub
+
+    only_listed(models.settings.models_dir, tmp_path, REPO_PARTS)
+    asked = {}
+
+    def snapshot_download(repo_id, allow_patterns):
+        asked[repo_id] = sorted(allow_patterns)
+        return str(tmp_path / repo_id)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name: str(tmp_path / repo / name))
+    hub = replace(models.settings, models_dir=None, text_mode=False)
+    assert load_models(hub, log=lambda m: None).modes == ["fused"]
+    assert asked == {IDS.vlm: sorted(HUB_FILES["vlm"]), IDS.vision: sorted(HUB_FILES["vision"]),
+                     IDS.video: sorted(HUB_FILES["video"])}, "with a bridge and no text mode: no T5"
+    asked.clear()
+    load_models(replace(hub, weights_dir=tmp_path / "no-bridges"), log=lambda m: None)
+    assert asked == {IDS.vlm: sorted(HUB_FILES["vlm"]), IDS.video: sorted(HUB_FILES["video"] +
+                                                                          HUB_FILES["text_encoder"])}, \
+        "no bridge: T5 for text mode, and no DINOv2"
