@@ -42,7 +42,7 @@ SESSION_TTL_S = int(os.environ.get("FORESIGHT_SESSION_TTL", 24 * 3600))  # a pag
 CACHE_TTL_S = int(os.environ.get("FORESIGHT_CACHE_TTL", 3600))  # uploads in Gradio's cache are kept for this long...
 CACHE_MAX_MB = int(os.environ.get("FORESIGHT_CACHE_MAX_MB", 1024))  # ...and to this size
 HISTORY_SIZE = 12  # runs a session's history keeps
-GONE = "That run is no longer kept on the server (it keeps the newest runs of all visitors together)."
+GONE = "That run is no longer kept on the server: it made room for newer runs, or this page was idle too long."
 MODE_CHOICES = [("Auto", "auto"), ("Fused (bridge)", "fused"), ("Text (T5)", "text")]
 # Gradio sizes gallery columns by item count (one run = one full-width tile): keep thumbnails small.
 CSS = """
@@ -199,6 +199,9 @@ class Page:
 
     def __init__(self, pipe, default_preset: str = "default"):
         self.pipe, self.default_preset = pipe, default_preset
+        # On ZeroGPU only the pipeline's run takes the GPU, in a process of its own; the page's
+        # bookkeeping (the runs, the history) stays in this one.
+        self.run_pipeline = gpu(pipe.__call__)
         self.demo: gr.Blocks | None = None  # set by build_demo: the queue the waiting line reads
         self.runs = storage.RunStore(RUNS_DIR, RUNS_MAX_MB * 2**20, API_KEEP_S, is_live=self.is_live)
 
@@ -210,16 +213,18 @@ class Page:
     def stream(self, image_path, question, preset, mode, seed, stop, record, owner):
         """The pipeline's events for one run, with `record` kept up to date; the run works on its own
         copy of the upload, in its folder (`owner`'s), which its history and a retry use too."""
-        folder = self.runs.new(owner)
-        upload = storage.keep_upload(image_path, folder)
-        record.update(folder=str(folder), upload=upload and str(upload), name=storage.video_name(image_path, seed),
-                      question=question or "", preset=preset, seed=seed, text="", notes=[], preview=None, video=None)
-        events = self.pipe(upload, prompt=question or "", preset=preset, mode=None if mode == "auto" else mode,
-                           seed=seed, out_dir=folder, stop=stop, video_name=record["name"])
+        folder, events = self.runs.new(owner), None
         try:
+            upload = storage.keep_upload(image_path, folder)
+            record.update(folder=str(folder), upload=upload and str(upload), name=storage.video_name(image_path, seed),
+                          question=question or "", preset=preset, seed=seed, text="", notes=[], preview=None,
+                          video=None)
+            events = self.run_pipeline(upload, prompt=question or "", preset=preset, seed=seed, stop=stop,
+                                       mode=None if mode == "auto" else mode, out_dir=folder, video_name=record["name"])
             yield from follow(events, record)
         finally:
-            events.close()  # a closed page or a cancelled client: the GPU work ends at its next step
+            if events is not None:
+                events.close()  # a closed page or a cancelled client: the GPU work ends at its next step
             if record.get("stopped") is not False or record.get("error"):  # nothing to keep or retry
                 self.runs.release([folder])
             else:
@@ -267,7 +272,7 @@ class Page:
         except (OSError, InputError) as exc:  # the page must unlock whatever happened to the files
             log.info("could not keep the run in the history: %s", exc)
         self.runs.hold(request.session_hash, [*(h["folder"] for h in history), record.get("folder")])
-        history = [h for h in history if self.runs.kept(h["folder"])]
+        history = [h for h in history if self.runs.kept(h["folder"])]  # the budget may have taken some
         return (history, gallery_of(history), gr.update(visible=bool(record.get("video_error"))),
                 gr.update(interactive=True), gr.update(interactive=False), gr.Timer(active=False), "", record)
 
@@ -279,23 +284,28 @@ class Page:
 
     def retry_video(self, record, control):
         """Render the video again for the run's own image and text, without a new reasoning stream."""
-        if not self.runs.kept(record.get("folder")):
+        if not self.runs.reopen(record.get("folder")):  # written again: the budget leaves it alone meanwhile
             yield None, None, refusal(GONE), record
             return
         stop = (control or {}).get("stop") or threading.Event()
         again = {**record, "video": None, "preview": None, "video_error": None}
-        events = self.pipe(record["upload"], prompt=record["question"], preset=record["preset"], mode=record["mode"],
-                           seed=record["seed"], out_dir=record["folder"], stop=stop, reasoning=record["text"],
-                           video_name=record["name"] + "-retry")
-        status = "Rendering the video again…"
-        for ev in follow(events, again):
-            if ev["type"] == "video_frame":
-                status = f"Rendering step {ev['step'] + 1}/{ev['num_steps']}"
-            elif ev["type"] == "error":
-                status = refusal(ev["message"])
-            elif ev["type"] == "thinking_complete":
-                status = summary(again)
-            yield again["preview"], again["video"], status, again
+        try:
+            events = self.run_pipeline(record["upload"], prompt=record["question"], preset=record["preset"],
+                                       mode=record["mode"], seed=record["seed"], out_dir=record["folder"], stop=stop,
+                                       reasoning=record["text"], video_name=record["name"] + "-retry")
+            status = "Rendering the video again…"
+            for ev in follow(events, again):
+                if again.get("error"):
+                    status = refusal(again["error"])
+                elif ev["type"] == "video_frame":
+                    status = f"Rendering step {ev['step'] + 1}/{ev['num_steps']}"
+                elif ev["type"] == "error":
+                    status = refusal(ev["message"])
+                elif ev["type"] == "thinking_complete":
+                    status = summary(again)
+                yield again["preview"], again["video"], status, again
+        finally:
+            self.runs.finish(record["folder"])
 
     def on_history_select(self, history, evt: gr.SelectData):
         """Restore a whole run: its input, question, preset, seed, text, video and what was said. A
@@ -396,9 +406,9 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         # SESSION_TTL_S): then its runs are let go. Sessions Gradio drops for capacity skip these
         # callbacks; RunStore finds their runs by `Page.is_live`.
         control = gr.State({})
-        record = gr.State({}, time_to_live=SESSION_TTL_S, delete_callback=lambda r: page.runs.release([r.get("folder")]))
+        record = gr.State({}, time_to_live=SESSION_TTL_S, delete_callback=lambda r: page.runs.let_go([r.get("folder")]))
         history = gr.State([], time_to_live=SESSION_TTL_S,
-                           delete_callback=lambda h: page.runs.release([item["folder"] for item in h]))
+                           delete_callback=lambda h: page.runs.let_go([item.get("folder") for item in h]))
         timer = gr.Timer(1.0, active=False)
         api_trigger = gr.Button(visible=False)
 
@@ -409,11 +419,11 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         started = generate.click(page.on_generate, outputs=[reasoning, preview, video, shown, status, control, record,
                                                             generate, stop, retry, timer], queue=False, **private)
         generate.click(None, js=SHOW_OUTPUT_ON_PHONES, **private)
-        started.then(gpu(page.generate), inputs=[image, question, preset, mode, seed, randomize, control],
+        started.then(page.generate, inputs=[image, question, preset, mode, seed, randomize, control],
                      outputs=[reasoning, preview, video, shown, status, record], **gpu_queue, **private).then(**ended)
         stop.click(page.on_stop, inputs=[control], outputs=[status, stop], queue=False, **private)
         again = retry.click(page.on_retry, outputs=[status, control, generate, stop, retry], queue=False, **private)
-        again.then(gpu(page.retry_video), inputs=[record, control], outputs=[preview, video, status, record],
+        again.then(page.retry_video, inputs=[record, control], outputs=[preview, video, status, record],
                    **gpu_queue, **private).then(**ended)
         timer.tick(page.on_tick, outputs=[queue_note], queue=False, **private)
         image.upload(page.on_upload, inputs=[image], outputs=[image, status], queue=False, **private)
@@ -422,7 +432,7 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
                        outputs=[image, question, preset, seed, randomize, reasoning, preview, video, shown, status,
                                 record, history, gallery], **private)
         gallery.select(None, js=SHOW_OUTPUT_ON_PHONES, **private)
-        api_trigger.click(gpu(page.predict), inputs=[image, question, preset], outputs=[reasoning, preview, video],
+        api_trigger.click(page.predict, inputs=[image, question, preset], outputs=[reasoning, preview, video],
                           api_name="predict", **gpu_queue)
     page.demo = demo
     return demo

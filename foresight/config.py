@@ -153,18 +153,24 @@ CPU_RUN_TIMEOUT_S = 300.0  # a CPU runs the tiny models (seconds a run); the ful
 # ZeroGPU lends the GPU for at most this long per call (`spaces.GPU(duration=...)` in app.py) and then
 # aborts the call; the run's own deadline ends it in words first.
 ZERO_GPU_DURATION_S = 120
-ZERO_GPU_MARGIN_S = 15.0
+# After the deadline a run still waits `stop_grace_s` for its workers, then up to PROBE_TIMEOUT_S for
+# the GPU's answer (`health.py`): the lease must hold all of it.
+PROBE_TIMEOUT_S = 10.0  # a one-element kernel and a sync take microseconds on a GPU that answers
+ZERO_GPU_SLACK_S = 5.0
 
 
 def run_timeout(settings: Settings, preset: Preset) -> float:
-    """A run's deadline: `settings.run_timeout_s`, else the device's default for the preset,
-    within ZeroGPU's lease on ZeroGPU."""
+    """A run's deadline: `settings.run_timeout_s`, else the device's default for the preset; on
+    ZeroGPU, either within the lease, with room for what comes after the deadline."""
     if settings.run_timeout_s:
-        return settings.run_timeout_s
-    if not settings.device.startswith("cuda"):
-        return CPU_RUN_TIMEOUT_S
-    timeout = CUDA_RUN_TIMEOUT_S[preset.name] if preset.name in CUDA_RUN_TIMEOUT_S else max(CUDA_RUN_TIMEOUT_S.values())
-    return min(timeout, ZERO_GPU_DURATION_S - ZERO_GPU_MARGIN_S) if on_zero_gpu() else timeout
+        timeout = settings.run_timeout_s
+    elif not settings.device.startswith("cuda"):
+        timeout = CPU_RUN_TIMEOUT_S
+    else:
+        timeout = CUDA_RUN_TIMEOUT_S.get(preset.name, max(CUDA_RUN_TIMEOUT_S.values()))
+    if on_zero_gpu():
+        timeout = min(timeout, ZERO_GPU_DURATION_S - settings.stop_grace_s - PROBE_TIMEOUT_S - ZERO_GPU_SLACK_S)
+    return timeout
 
 
 CUDA_TEXT_PACE = 45.0  # tokens/s while the video renders, on a GPU (Settings.text_pace)

@@ -12,7 +12,8 @@ import threading
 import time
 from typing import Callable
 
-PROBE_TIMEOUT_S = 10.0  # a one-element kernel and a sync take microseconds on a GPU that answers
+from foresight.config import PROBE_TIMEOUT_S
+
 REPEAT_WINDOW_S = 600.0  # a second deadline this soon after the first: the device, not a stage
 
 

@@ -186,10 +186,6 @@ def prediction_from(text: str) -> str:
     return (vlm_stage.prediction_line(text + "\n") or text.strip())[:PREDICTION_MAX_CHARS] or FALLBACK_PREDICTION
 
 
-class RunTimeout(Exception):
-    """The run passed its deadline (`config.run_timeout`)."""
-
-
 class ForesightPipeline:
     def __init__(self, models, on_broken: Callable[[str], None] = lambda why: None):
         """`on_broken(why)`: the device stopped answering; no run is taken any more (`health.py`)."""
@@ -297,6 +293,8 @@ class ForesightPipeline:
             self._begin(run)
             while run.finished < len(run.jobs):
                 try:
+                    if run.now() > timeout:  # also while messages keep coming
+                        raise queue.Empty
                     message = run.next_message(timeout - run.now())
                 except queue.Empty:
                     yield self._on_deadline(run, timeout)
@@ -433,8 +431,8 @@ class ForesightPipeline:
         _, stuck = futures_wait(pending, timeout=self.models.settings.stop_grace_s)
         if stuck:
             self._abandon(run)
-        if run.timed_out:
-            self.health.after_deadline(run_timeout(self.models.settings, PRESETS[run.request.preset]))
+            if run.timed_out:  # a stage hung, or the device: the health check tells which
+                self.health.after_deadline(run_timeout(self.models.settings, PRESETS[run.request.preset]))
 
     def _abandon(self, run: Run) -> None:
         run.detach()

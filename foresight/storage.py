@@ -6,6 +6,7 @@ that owner is still there.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import threading
@@ -32,7 +33,7 @@ def video_name(source: str | Path | None, seed: int) -> str:
 class _Run:
     owner: str  # a page session's id, or API_OWNER
     created: float
-    until: float | None = None  # an API run: kept to this moment, then deleted
+    until: float | None = None  # an API run: kept to this moment (from its end), then deleted
     shown: bool = True  # a session still shows it (its history, its last run)
     writing: bool = True  # the run is still going: never deleted under it
 
@@ -44,31 +45,45 @@ class RunStore:
     """Run folders under one root, each belonging to whoever shows it, within one disk budget.
 
     A page session's runs stay while the session shows them (`hold`); an API run stays `api_keep_s`
-    after it is made, long enough to download its files. What nobody shows any more is deleted:
-    runs a session let go (`hold`, `release`), API runs past their time, runs of sessions the web
+    after it ends, long enough to download its files. What nobody shows any more is deleted: runs
+    a session let go (`hold`, `release`), API runs past their time, runs of sessions the web
     framework no longer has (`is_live` false: dropped for capacity, which skips its callbacks) and
-    folders no run claims (left by an earlier process). Past `max_bytes`, the oldest runs that are
-    still shown go too, whole; the page then says so in words when their owner asks for them
+    folders no run claims. Past `max_bytes`, the oldest runs still shown (or still in their
+    download time) go too, whole; the page then says so in words when their owner asks for them
     (`kept`). A run being written is never deleted.
+
+    The root is this process's own folder under `parent`: two apps sharing Gradio's upload folder
+    never take each other's runs; a folder left by a process that is gone is deleted.
     """
 
-    def __init__(self, root: Path, max_bytes: int, api_keep_s: float, is_live: Callable[[str], bool] = lambda _: True,
-                 clock: Callable[[], float] = time.time):
-        self.root, self.max_bytes, self.api_keep_s = Path(root), max_bytes, api_keep_s
-        self.is_live, self.clock = is_live, clock
+    def __init__(self, parent: Path, max_bytes: int, api_keep_s: float,
+                 is_live: Callable[[str], bool] = lambda _: True, clock: Callable[[], float] = time.time):
+        self.root = Path(parent) / str(os.getpid())
+        self.max_bytes, self.api_keep_s, self.is_live, self.clock = max_bytes, api_keep_s, is_live, clock
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True)
+        for folder in Path(parent).iterdir():
+            if folder.is_dir() and folder.name.isdigit() and not process_exists(int(folder.name)):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def new(self, owner: str) -> Path:
         """A new run's folder, belonging to `owner` (a session id, or API_OWNER)."""
-        now = self.clock()
         name = uuid.uuid4().hex[:12]
         with self._lock:
-            self._runs[name] = _Run(owner, now, now + self.api_keep_s if owner == API_OWNER else None)
+            self._runs[name] = _Run(owner, self.clock())
         folder = self.root / name
         folder.mkdir(parents=True)
         return folder
+
+    def reopen(self, folder: str | Path | None) -> bool:
+        """The run is written again (a video-only retry): not deleted until `finish`. False if it is gone."""
+        with self._lock:
+            run = self._runs.get(Path(folder).name) if folder else None
+            if run is None or not Path(folder).is_dir():
+                return False
+            run.writing = True
+            return True
 
     def finish(self, folder: str | Path) -> list[Path]:
         """The run has ended: its files are complete. Applies the budget -> what was deleted."""
@@ -76,40 +91,45 @@ class RunStore:
             run = self._runs.get(Path(folder).name)
             if run is not None:
                 run.writing = False
+                if run.owner == API_OWNER:
+                    run.until = self.clock() + self.api_keep_s
         return self.enforce()
 
-    def hold(self, owner: str, folders: Iterable[str | Path]) -> list[Path]:
+    def hold(self, owner: str, folders: Iterable[str | Path | None]) -> list[Path]:
         """`owner` shows these runs now, and no other of its runs -> what was deleted."""
-        shown = {Path(folder).name for folder in folders}
+        shown = {Path(folder).name for folder in folders if folder}
         with self._lock:
             for name, run in self._runs.items():
-                if run.owner == owner and run.until is None:
+                if run.owner == owner:
                     run.shown = name in shown
         return self.enforce()
 
-    def release(self, folders: Iterable[str | Path]) -> list[Path]:
-        """Nobody shows these runs any more (a stopped run, a session that ended) -> what was deleted."""
+    def let_go(self, folders: Iterable[str | Path | None]) -> None:
+        """Nobody shows these runs any more (a stopped run, a session that ended): deleted at the
+        next `enforce`. Cheap, for Gradio's state callbacks, which run on its event loop."""
         with self._lock:
             for folder in folders:
-                run = self._runs.get(Path(folder).name)
+                run = self._runs.get(Path(folder).name) if folder else None
                 if run is not None:
                     run.shown, run.writing, run.until = False, False, None
+
+    def release(self, folders: Iterable[str | Path | None]) -> list[Path]:
+        """`let_go`, and delete them now -> what was deleted."""
+        self.let_go(folders)
         return self.enforce()
 
     def kept(self, folder: str | Path | None) -> bool:
         """Whether this run's files are still here."""
-        return folder is not None and Path(folder).name in self._runs and Path(folder).is_dir()
+        return bool(folder) and Path(folder).name in self._runs and Path(folder).is_dir()
 
     def enforce(self) -> list[Path]:
         """Delete what nobody shows, then the oldest runs until the budget holds -> the folders deleted."""
         with self._lock:
-            now, doomed = self.clock(), []
-            for folder in self.root.iterdir():
-                run = self._runs.get(folder.name)
-                if folder.is_dir() and (run is None or self._unwanted(run, now)):
-                    doomed.append(folder)
-            sizes = {folder.name: folder_bytes(folder) for folder in self.root.iterdir()
-                     if folder.is_dir() and folder not in doomed}
+            now = self.clock()
+            folders = [folder for folder in self.root.iterdir() if folder.is_dir()]
+            doomed = [folder for folder in folders
+                      if folder.name not in self._runs or self._unwanted(self._runs[folder.name], now)]
+            sizes = {folder.name: folder_bytes(folder) for folder in folders if folder not in doomed}
             total = sum(sizes.values())
             for name in sorted(sizes, key=lambda name: self._runs[name].created):
                 if total <= self.max_bytes:
@@ -125,9 +145,19 @@ class RunStore:
     def _unwanted(self, run: _Run, now: float) -> bool:
         if run.writing:
             return False
-        if run.until is not None:
-            return now > run.until
+        if run.owner == API_OWNER:
+            return run.until is None or now > run.until
         return not run.shown or not self.is_live(run.owner)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's, alive
+        return True
+    return True
 
 
 def folder_bytes(folder: Path) -> int:

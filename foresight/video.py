@@ -127,7 +127,7 @@ def transformer_coords(pipeline, batch: int, shape: tuple[int, int, int], fps: i
                                       device=pipeline.transformer.device)
     coords = pipeline._scale_video_ids(ids, scale_factor=pipeline.vae_spatial_compression_ratio,
                                        scale_factor_t=pipeline.vae_temporal_compression_ratio, frame_index=0).float()
-    coords[:, 0] = coords[:, 0] / fps
+    coords[:, 0] = coords[:, 0] * (1.0 / fps)  # as the pipeline does it, bit for bit (1/24 is not exact)
     return coords
 
 
@@ -241,8 +241,11 @@ def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
     decode = graphs.decode_preview if graphs is not None else functools.partial(decode_estimate, pipeline)
     call_start = trace.mark()
     marks = {}  # where the current step began, and where the final decode begins
+    sampler = threading.get_ident()
 
     def on_forward(module, args):  # a step begins; before the first, the condition image was encoded
+        if threading.get_ident() != sampler:  # an abandoned run's worker, woken up: not this run's step
+            raise Stopped()
         if "step" not in marks:
             trace.add("video", "encode image", call_start, trace.mark())
         marks["step"] = trace.mark()

@@ -30,6 +30,7 @@ from soak import ROOT, folder_mb, rss_mb, start_app
 EXAMPLE = str(ROOT / "examples" / "cat.jpg")
 TOGETHER_S = 0.2  # asked within this of each other: the queue may take them in either order
 MAX_GAP_S, MAX_LOCKED_S, MAX_GROWTH_MB = 1.0, 60.0, 200.0
+GIVE_UP_S = 600.0  # a browser run that has not ended by then is given up on
 WAITED_S = 2.0  # a run that started this long after it asked waited in the queue (the page's line ticks each second)
 
 
@@ -114,7 +115,10 @@ def watch_browser_run(page, run: Run, poll_s: float = 0.02) -> None:
         if run.ended is not None and not state["locked"]:
             run.unlocked = now
             return
-        if run.ended is not None and now - run.ended > MAX_LOCKED_S:
+        if run.ended is not None and now - run.ended > MAX_LOCKED_S:  # still locked: the verdict counts it
+            return
+        if run.ended is None and now - run.asked > GIVE_UP_S:  # never ended: counted as an error
+            run.errors.append(f"no end after {GIVE_UP_S:.0f} s: {state['status']!r}")
             return
         time.sleep(poll_s)
 
@@ -191,7 +195,7 @@ def report(runs: list[Run], seconds: float, memory: tuple[float, float], runs_mb
     locked = [run.unlocked - run.ended for run in runs if run.unlocked and run.ended]
     print(f"{len(runs)} runs ({args.browsers} browsers, {args.clients} API clients, {args.preset}) in {seconds:.0f} s")
     print("| measure | value |\n|---|---|")
-    print(f"| runs served / with a video | {len(served)} / {sum(not run.errors for run in runs)} |")
+    print(f"| runs served / without an error | {len(served)} / {sum(not run.errors for run in runs)} |")
     print(f"| waited over {WAITED_S:.0f} s / of those, saw their place | {sum(run.waited for run in runs)} / "
           f"{sum(run.waited and run.saw_place for run in runs)} |")
     print(f"| wait before starting: median / max | {waits[len(waits) // 2]:.1f} s / {waits[-1]:.1f} s |")

@@ -22,7 +22,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 CACHE_TTL_S = 60  # the sweep then runs every 10 s (storage.keep_swept)
 MAX_UPLOAD_MB = 2  # the app's file-size limit in these tests
 FAST_FRAMES = PRESETS["fast"].num_frames
-RUNS_MAX_MB = 8  # all runs' files together, in these tests
+RUNS_MAX_MB = 64  # all runs' files together, in these tests
 
 
 def free_port():
@@ -125,10 +125,11 @@ def test_predict_is_a_tool_an_agent_can_call(server):
     tools = httpx.get(f"{server['url']}/gradio_api/mcp/schema").json()
     assert [tool["name"] for tool in tools] == ["predict"], "nothing private is a tool"
     assert "render a short video of what happens next" in tools[0]["description"]
+    described = tools[0]["inputSchema"]["properties"]["preset"]["description"]
     for name, preset in PRESETS.items():  # what an agent reads of each preset is what it renders
         assert f'"{name}" ({preset.width}x{preset.height}, {preset.num_frames} frames, {preset.seconds:.1f} s)' \
-            in tools[0]["description"]
-    assert f"all at {PRESETS['fast'].fps} fps" in tools[0]["description"]
+            in described
+    assert f"all at {PRESETS['fast'].fps} fps" in described
     assert len({preset.fps for preset in PRESETS.values()}) == 1
     assert set(tools[0]["inputSchema"]["properties"]) == {"image", "prompt", "preset"}
     image = "data:image/jpeg;base64," + base64.b64encode(Path(EXAMPLE).read_bytes()).decode()  # no URL to fetch
@@ -227,15 +228,15 @@ def test_a_cancelled_job_writes_no_video(client, server):
 
 
 def test_disk_use_stays_bounded(client, server, tmp_path):
-    """Runs stay within their budget and are served from their folders (no copies in Gradio's
-    cache); the cache's sweep deletes old uploads and never touches a run."""
+    """Runs are served from their folders (no copies in Gradio's cache); the cache's sweep deletes
+    old uploads and never touches a run. (The runs' budget: tests/test_runs.py, tests/test_space.py.)"""
     from foresight.storage import folder_bytes
 
     mine = tmp_path / "mine.png"  # not an example: those stay in the cache for the page
     Image.open(EXAMPLE).save(mine)
     for _ in range(2):
         client.predict(handle_file(str(mine)), "", "fast", api_name="/predict")
-    assert 0 < folder_bytes(server["outputs"]) <= RUNS_MAX_MB * 2**20
+    assert folder_bytes(server["outputs"]) > 0
     cached = [p for p in server["gradio_cache"].rglob("*") if p.is_file() and not p.is_relative_to(server["outputs"])]
     assert not [p for p in cached if p.suffix in (".mp4", ".jpg") and "seed" in p.name], "no copies of a run's files"
     upload, run_file = next(p for p in cached if p.name == "mine.png"), next(server["outputs"].rglob("*.mp4"))

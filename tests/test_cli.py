@@ -63,16 +63,16 @@ def test_predict_refuses_a_bad_image_in_one_line(tmp_path, capsys):
 
 def test_bench_prints_the_table_for_each_variant_and_draws_timelines(tmp_path, capsys):
     code, out, err = in_process(capsys, "bench", "--profile", "tiny", "--preset", "fast", "--runs", "1", "--decode",
-                                "dynamic", "--previews", "1,2", "--mode", "fused,text", "--json",
+                                "dynamic", "--previews", "1,2", "--mode", "text", "--json",
                                 str(tmp_path / "bench.json"), "--trace", str(tmp_path / "t"),
                                 "--profile-first-token", str(tmp_path / "profile.txt"))
     assert code == 0, err
     rows = [line.split(" | ")[:2] for line in out.splitlines() if line.startswith("| fast/")]
     one, two = "dynamic · shared · pace 0 · previews 1", "dynamic · shared · pace 0 · previews 2"
-    assert rows == [["| fast/fused", one], ["| fast/fused", two], ["| fast/text", one], ["| fast/text", two]]
+    assert rows == [["| fast/text", one], ["| fast/text", two]]  # both modes: tests/test_bench.py
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["profile"] == "tiny" and saved["results"][two]["fast/text"]["ttft"]["n"] == 1
-    assert len(list((tmp_path / "t").glob("fast-*.png"))) == 4 and len(list((tmp_path / "t").glob("fast-*.json"))) == 4
+    assert len(list((tmp_path / "t").glob("fast-*.png"))) == 2 and len(list((tmp_path / "t").glob("fast-*.json"))) == 2
     profile = (tmp_path / "profile.txt").read_text()
     assert profile.startswith("time to the first token") and "stream_reasoning" in profile
 

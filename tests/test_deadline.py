@@ -3,10 +3,12 @@ threads and clean models, and a device that stops answering stops the app taking
 
 import threading
 
+import numpy as np
+
 from foresight.health import DeviceHealth
 from foresight.pipeline import BROKEN_MESSAGE, ForesightPipeline
 
-from conftest import run_events, with_settings
+from conftest import frames_of, run_events, with_settings
 
 SAFETY_S = 120  # the injected stage gives up after this, so a broken deadline fails the test instead of hanging it
 
@@ -16,7 +18,7 @@ def hooks(module):
 
 
 def test_a_stage_that_never_returns_ends_at_the_deadline_and_the_next_run_makes_its_video(models, photo, tmp_path):
-    pipe = ForesightPipeline(with_settings(models, run_timeout_s=4, stop_grace_s=0.5))
+    pipe = ForesightPipeline(with_settings(models, run_timeout_s=4, stop_grace_s=0.5, video_graphs=True))
     transformer, layer = models.video_pipeline.transformer, models.vlm.model.language_model.layers[-3]
     before = hooks(transformer), hooks(layer)
     release, stuck = threading.Event(), threading.Event()
@@ -80,3 +82,44 @@ def test_a_probe_that_does_not_come_back_means_the_device_is_gone():
     answering = DeviceHealth("cpu")
     answering.after_deadline(60)
     assert answering.broken is None
+
+
+def test_a_woken_worker_of_an_abandoned_run_cannot_touch_the_run_after_it(models, photo, tmp_path):
+    """Mid-run, another thread does what an abandoned renderer does when it wakes up: a transformer
+    forward and a scheduler step on the shared models. Both are refused, and the run's video is
+    the same as without it."""
+    from foresight.scheduler import ForeignStep
+    from foresight.video import Stopped
+
+    pipe = ForesightPipeline(models)
+    reference = frames_of(run_events(pipe, photo, seed=4, out_dir=tmp_path, frame_events=True))
+    transformer, scheduler = models.video_pipeline.transformer, models.video_pipeline.scheduler
+    refused = []
+
+    def intrude(module, args, kwargs):
+        if refused:
+            return
+        inputs = dict(kwargs)
+
+        def woken_worker():
+            for attempt in (lambda: transformer(**inputs),
+                            lambda: scheduler.step(inputs["hidden_states"], scheduler.timesteps[0],
+                                                   inputs["hidden_states"])):
+                try:
+                    attempt()
+                    refused.append("allowed")
+                except (Stopped, ForeignStep) as exc:
+                    refused.append(type(exc).__name__)
+
+        intruder = threading.Thread(target=woken_worker)
+        refused.append("started")
+        intruder.start()
+        intruder.join()
+
+    hook = transformer.register_forward_pre_hook(intrude, with_kwargs=True)
+    try:
+        frames = frames_of(run_events(pipe, photo, seed=4, out_dir=tmp_path, frame_events=True))
+    finally:
+        hook.remove()
+    assert refused == ["started", "Stopped", "ForeignStep"]
+    assert all(np.array_equal(a, b) for a, b in zip(frames, reference, strict=True))

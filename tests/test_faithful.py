@@ -16,7 +16,7 @@ from PIL import Image
 
 from foresight import video as video_stage
 from foresight import vlm as vlm_stage
-from foresight.config import VideoSampling
+from foresight.config import PRESETS, VideoSampling
 from foresight.events import decode_frame
 from foresight.pipeline import PREDICTION_MAX_CHARS, ForesightPipeline
 
@@ -50,7 +50,8 @@ def test_the_distilled_checkpoints_are_sampled_with_their_own_timesteps(models, 
     per_step = [call["timestep"] for call in calls]
     assert [round(float(t.max()), 4) for t in per_step] == DOCUMENTED_TIMESTEPS  # used as given, not shifted
     assert all(t.shape[0] == 1 for t in per_step), "guidance 1: no unconditional batch"
-    first_frame_tokens = per_step[0].shape[1] // 3  # fast: 3 latent frames, the first is the image
+    latent_frames = (PRESETS["fast"].num_frames - 1) // 8 + 1
+    first_frame_tokens = per_step[0].shape[1] // latent_frames  # the first latent frame is the image
     assert all(float(t[0, :first_frame_tokens].max()) == 0 for t in per_step), "frame 0 is the clean condition"
     assert all(float(t[0, first_frame_tokens:].min()) == float(t.max()) for t in per_step)
     # the authors' condition noise (image_cond_noise_scale 0.15): the clean frame's latents, noised anew each step

@@ -108,7 +108,7 @@ def test_the_warm_up_captures_what_a_run_then_replays(models, photo, tmp_path):
     pipe = ForesightPipeline(with_settings(models, video_graphs=True))
     view = video_view(photo, PRESETS["fast"])
     graphs = pipe._video_graphs
-    video_stage.capture_graphs(pipe.models, graphs, [(view.width, view.height, 17)],
+    video_stage.capture_graphs(pipe.models, graphs, [(view.width, view.height, PRESETS["fast"].num_frames)],
                                video_stage.warm_conditionings(pipe.models))
     assert (graphs.transformer.captured, graphs.preview.captured) == (2, 1)  # bridge and T5 prompts; one preview
     for mode in ("fused", "text"):

@@ -12,20 +12,36 @@ def make_run(store, owner, size=1000):
 def test_runs_nobody_shows_go_and_shown_ones_stay_within_the_budget(tmp_path):
     live = {"a", "b"}
     now = [0.0]
+    (tmp_path / "999999999").mkdir()  # the runs of an app that is gone
     store = RunStore(tmp_path, max_bytes=10_000, api_keep_s=60, is_live=lambda s: s in live, clock=lambda: now[0])
-    (tmp_path / "left-by-an-earlier-process").mkdir()
+    assert [p.name for p in tmp_path.iterdir()] == [store.root.name], "each process has its own runs"
+    (store.root / "left-by-an-earlier-process").mkdir()
     a1, a2, b1 = make_run(store, "a"), make_run(store, "a"), make_run(store, "b")
     api = make_run(store, API_OWNER)
     for folder in (a1, a2, b1, api):
         store.finish(folder)
-    assert not (tmp_path / "left-by-an-earlier-process").exists(), "folders no run claims go"
+    assert not (store.root / "left-by-an-earlier-process").exists(), "folders no run claims go"
     assert store.hold("a", [a2]) == [a1], "a run its session no longer shows goes"
-    now[0] += 61
-    assert store.enforce() == [api], "an API run goes once its download time is over"
+    now[0] += 59
+    assert store.enforce() == [], "an API run stays its download time after it ended"
+    now[0] += 2
+    assert store.enforce() == [api], "and then goes"
     live.discard("b")  # Gradio dropped the session for capacity, skipping its callbacks
     assert store.enforce() == [b1]
     assert store.kept(a2) and not store.kept(a1) and not store.kept(None)
-    assert store.release([a2]) == [a2], "a session that ended lets go of what it showed"
+    store.let_go([a2, None])  # a Gradio state callback: marks only, and a record with no run is fine
+    assert store.kept(a2) and store.hold("a", [None]) == [a2], "a session that ended lets go of what it showed"
+
+
+def test_a_retry_reopens_its_run_so_the_budget_does_not_take_it_midway(tmp_path):
+    clock = iter(range(100))
+    store = RunStore(tmp_path, max_bytes=1500, api_keep_s=60, clock=lambda: next(clock))
+    old = make_run(store, "a")
+    store.finish(old)
+    assert store.reopen(old) and not store.reopen(None) and not store.reopen(tmp_path / "gone")
+    other = make_run(store, "b")
+    assert store.finish(other) == [other] and store.kept(old), "being written again: the budget takes another"
+    assert store.finish(old) == []
 
 
 def test_past_the_budget_the_oldest_shown_runs_go_but_never_one_being_written(tmp_path):
