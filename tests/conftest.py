@@ -4,6 +4,9 @@ import os
 import tempfile
 
 os.environ.setdefault("FORESIGHT_CACHE", os.path.join(tempfile.gettempdir(), "foresight-test-cache"))
+# Each test process (pytest-xdist runs two) its own Gradio folder: a test that sweeps it, or
+# a budget that empties it, touches no other process's files.
+os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="foresight-test-gradio-")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.pop("FORESIGHT_WEIGHTS", None)

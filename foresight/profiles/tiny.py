@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 from dataclasses import replace
@@ -88,7 +89,7 @@ def ensure_tiny_models() -> tuple[Path, Path]:
     root = tiny_models_dir()
     if (root / "COMPLETE").exists():
         return root, root / "weights"
-    tmp = root.with_name(root.name + ".partial")
+    tmp = root.with_name(f"{root.name}.partial-{os.getpid()}")  # two processes may write at once (the tests)
     shutil.rmtree(tmp, ignore_errors=True)
     torch.manual_seed(0)
     write_tiny_qwen(tmp / IDS.vlm)
@@ -96,8 +97,12 @@ def ensure_tiny_models() -> tuple[Path, Path]:
     write_tiny_ltx(tmp / IDS.video, tmp / IDS.video_single_file)
     write_tiny_bridge(tmp / "weights" / "tiny-random")
     (tmp / "COMPLETE").write_text("ok\n")
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
+    try:
+        tmp.rename(root)  # atomic: `root` exists only complete
+    except OSError:
+        if not (root / "COMPLETE").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
     return root, root / "weights"
 
 
