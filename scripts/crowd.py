@@ -62,7 +62,7 @@ def api_visitor(url: str, name: str, count: int, preset: str, runs: list[Run], s
         try:
             while not job.done():
                 status = job.status()
-                if status.code == Status.IN_QUEUE and status.rank:
+                if status.code == Status.IN_QUEUE and status.rank is not None:  # 0: next in line
                     run.saw_place = True
                 if run.started is None and status.code in (Status.PROCESSING, Status.ITERATING):
                     run.started = time.monotonic()
@@ -131,7 +131,8 @@ def verdict(runs: list[Run], log: str, memory: tuple[float, float], runs_mb: flo
     if out_of_order:
         failures.append(f"{len(out_of_order)} runs served before one that asked earlier")
     if unseen := [run for run in runs if run.waited and not run.saw_place]:
-        failures.append(f"{len(unseen)} runs waited without seeing their place")
+        failures.append(f"{len(unseen)} runs waited without seeing their place: "
+                        f"{[(run.visitor, round(run.started - run.asked, 1)) for run in unseen]}")
     if errors := [error for run in runs for error in run.errors]:
         failures.append(f"{len(errors)} raw errors: {errors[:3]}")
     if "Traceback" in log:
