@@ -49,10 +49,10 @@ from foresight.media import Mp4Writer, write_jpeg
 from foresight.scheduling import HostCopier, Pacer, use_stream, worker_streams
 from foresight.trace import Trace
 
+log = logging.getLogger("foresight")
 FALLBACK_PREDICTION = "The scene continues naturally."
 # The shapes the warm-up captures, per preset: square, cameras' 3:2 and 4:3, phones' and screens' 16:9.
 GRAPH_ASPECTS = ((1, 1), (3, 2), (2, 3), (4, 3), (3, 4), (16, 9), (9, 16))
-log = logging.getLogger("foresight")
 PREDICTION_MAX_CHARS = 320  # a prediction (30 words, vlm.PREDICTION_WORDS) is cut here
 BROKEN_MESSAGE = ("The GPU has stopped answering, so no run can be made until the app restarts. "
                   "Please try again in a few minutes.")
