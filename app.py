@@ -206,9 +206,10 @@ class Page:
         self.runs = storage.RunStore(RUNS_DIR, RUNS_MAX_MB * 2**20, API_KEEP_S, is_live=self.is_live)
 
     def is_live(self, session: str) -> bool:
-        """Whether Gradio still holds this session (it drops sessions past its capacity without a word)."""
+        """Whether Gradio still holds this session (it drops sessions past its capacity without a word);
+        RunStore asks it of page sessions only."""
         holder = getattr(self.demo, "state_holder", None)
-        return holder is None or session == storage.API_OWNER or session in holder
+        return holder is None or session in holder
 
     def stream(self, image_path, question, preset, mode, seed, stop, record, owner):
         """The pipeline's events for one run, with `record` kept up to date; the run works on its own

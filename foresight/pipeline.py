@@ -118,7 +118,7 @@ class Run:
         self.moments: dict[str, float | None] = {"ttft": None, "first_frame": None, "video_ready": None}
         self.rendering: VideoJob | None = None
         self.video_start: float | None = None
-        self.timed_out = False
+        self.timed_out: float | None = None  # the deadline (seconds) the run passed, if it did
 
     def now(self) -> float:
         return self.trace.now()
@@ -414,7 +414,7 @@ class ForesightPipeline:
 
     def _on_deadline(self, run: Run, timeout: float) -> dict:
         """Past the deadline: the run ends in words; `_end` leaves behind whatever does not stop."""
-        run.timed_out = True
+        run.timed_out = timeout
         run.pacer.release()
         return event("error", run.now(), stage="run", recoverable=True,
                      message=f"This run took longer than its {timeout:.0f} s limit and was ended. "
@@ -431,8 +431,8 @@ class ForesightPipeline:
         _, stuck = futures_wait(pending, timeout=self.models.settings.stop_grace_s)
         if stuck:
             self._abandon(run)
-            if run.timed_out:  # a stage hung, or the device: the health check tells which
-                self.health.after_deadline(run_timeout(self.models.settings, PRESETS[run.request.preset]))
+            if run.timed_out is not None:  # a stage hung, or the device: the health check tells which
+                self.health.after_deadline(run.timed_out)
 
     def _abandon(self, run: Run) -> None:
         run.detach()
