@@ -18,6 +18,12 @@ class Preset:
     height: int
     num_frames: int  # LTX wants 8k+1
     fps: int
+    # "And then?": a continuation is conditioned on the story's last frames, 8k+1 of them (LTX
+    # encodes the first frame alone, then 8 per latent frame). 9, the fewest that carry motion,
+    # is LTX's authors' default for conditioning on a video (their distilled Space,
+    # Lightricks/ltx-video-distilled app.py: "Frames to use from input video", 9, step 8); `high`
+    # has room for 17 and still adds 48 new frames (2 s). docs/DESIGN.md, "And then?".
+    condition_frames: int = 9
 
     @property
     def seconds(self) -> float:
@@ -36,8 +42,12 @@ class Preset:
 PRESETS = {
     "fast": Preset("fast", 256, 256, 25, 24),  # 1.04 s; 4 latent frames x 64 = 256 tokens (was 17 at 16 fps: 192)
     "default": Preset("default", 512, 512, 49, 24),  # 2.04 s; 7 x 256 = 1,792 tokens (was 33 at 16 fps: 1,280)
-    "high": Preset("high", 768, 768, 65, 24),  # 2.71 s; 9 x 576 = 5,184 tokens (unchanged)
+    "high": Preset("high", 768, 768, 65, 24, condition_frames=17),  # 2.71 s; 9 x 576 = 5,184 tokens (unchanged)
 }
+# A story ("And then?") has at most this many segments: each continuation conditions on generated
+# frames, so errors compound (drift), and each is one more turn in the shared GPU's queue. Four
+# make at most 2.0 + 3 x 1.67 = 7.0 s at `default`, and a visitor's story holds the queue four times.
+MAX_SEGMENTS = 4
 # A CUDA out-of-memory retries at the next smaller preset, down to the smallest.
 SMALLER_PRESET = {"high": "default", "default": "fast"}
 

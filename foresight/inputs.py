@@ -10,6 +10,9 @@ view, the same in serving and in training:
 * `vlm_view`: Qwen's view, at its own pixel budget whatever the video preset;
 * DINOv2 takes the loaded image as it is (its processor resizes and centre-crops);
 * `video_view`: LTX's condition image, fitted to the preset's area with sides divisible by 32.
+
+A clip to continue ("And then?" from a bare mp4) is a stranger's too: `read_clip` checks its
+size, its stream's pixels and its length before and while it decodes (MAX_CLIP_*).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import threading
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -52,6 +56,12 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 LIMITS = (f"images up to {MAX_PIXELS // 1_000_000} megapixels can be used (JPEG photos up to "
           f"{MAX_JPEG_PIXELS // 1_000_000})")
 _decoding = threading.BoundedSemaphore(MAX_DECODES)
+# A clip to continue: at most Full HD and 20 s (what a story's segments add up to is far less),
+# and however its container describes itself, no more frames than that length at 60 fps are decoded.
+MAX_CLIP_PIXELS = 1920 * 1088
+MAX_CLIP_SECONDS = 20
+MAX_CLIP_FRAMES = MAX_CLIP_SECONDS * 60
+CLIP_LIMITS = f"clips up to {MAX_CLIP_SECONDS} s, Full HD and {MAX_UPLOAD_MB} MB can be continued"
 
 
 class InputError(ValueError):
@@ -239,3 +249,58 @@ def crop_and_resize(image: Image.Image, width: int, height: int) -> Image.Image:
     left, top = (image.width - crop_width) // 2, (image.height - crop_height) // 2
     return image.crop((left, top, left + crop_width, top + crop_height)).resize((width, height),
                                                                                Image.Resampling.BICUBIC)
+
+
+def read_clip(source, fps: int) -> Iterator[Image.Image]:
+    """An untrusted clip's frames as RGB images, at `fps` (each moment k/fps shows the latest frame
+    at or before it), or InputError: from its header (file size, a video stream, its pixels and
+    stated length), then while decoding (frames, time), so a lying container costs no more."""
+    import av
+
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"No clip at {path}.")
+    if path.stat().st_size > MAX_UPLOAD_MB * 2**20:
+        raise InputError(f"That clip is {path.stat().st_size / 2**20:.0f} MB; {CLIP_LIMITS}.")
+    unreadable = "That file could not be read as a video. Send an mp4 made by Foresight, or another H.264 mp4."
+    with _decoding:
+        try:
+            container = av.open(str(path))
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise InputError(unreadable) from exc
+        with container:
+            if not container.streams.video:
+                raise InputError(unreadable)
+            stream = container.streams.video[0]
+            if stream.codec_context.width * stream.codec_context.height > MAX_CLIP_PIXELS:
+                raise InputError(f"That clip is {stream.codec_context.width}×{stream.codec_context.height}; "
+                                 f"{CLIP_LIMITS}.")
+            if container.duration is not None and container.duration / av.time_base > MAX_CLIP_SECONDS + 1:
+                raise InputError(f"That clip is {container.duration / av.time_base:.0f} s long; {CLIP_LIMITS}.")
+            yield from _resampled(_decoded(container, stream, unreadable), fps)
+
+
+def _decoded(container, stream, unreadable: str) -> Iterator[tuple[float, object]]:
+    """(time, frame) of a clip's video stream, refused past the clip budget."""
+    import av
+
+    try:
+        for count, frame in enumerate(container.decode(stream), start=1):
+            moment = float(frame.time or 0.0)
+            if count > MAX_CLIP_FRAMES or moment > MAX_CLIP_SECONDS + 1:
+                raise InputError(f"That clip runs past {MAX_CLIP_SECONDS} s; {CLIP_LIMITS}.")
+            yield moment, frame
+    except (av.FFmpegError, ValueError) as exc:
+        raise InputError(unreadable) from exc
+
+
+def _resampled(frames: Iterator[tuple[float, object]], fps: int) -> Iterator[Image.Image]:
+    slot, previous = 0, None
+    for moment, frame in frames:
+        while previous is not None and slot / fps < moment - 1e-4:  # the moments before this frame
+            yield previous
+            slot += 1
+        previous = frame.to_image()
+    if previous is None:
+        raise InputError("That clip holds no frames.")
+    yield previous

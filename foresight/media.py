@@ -57,7 +57,7 @@ class Mp4Writer:
     def __init__(self, path: Path, width: int, height: int, fps: int):
         import imageio_ffmpeg
 
-        self.path = Path(path)
+        self.path, self.size = Path(path), (width, height)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._sink = imageio_ffmpeg.write_frames(
             str(self.path), (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
@@ -67,7 +67,15 @@ class Mp4Writer:
 
     def write(self, frames: np.ndarray) -> Path:
         """Encode [F, H, W, 3] uint8 frames and finish the file."""
+        self.send(frames)
+        return self.close()
+
+    def send(self, frames: np.ndarray) -> None:
+        """Encode [F, H, W, 3] (or one [H, W, 3]) uint8 frames; more may follow."""
         self._sink.send(np.ascontiguousarray(frames).tobytes())
+
+    def close(self) -> Path:
+        """Finish the file."""
         self._sink.close()
         return self.path
 
@@ -76,3 +84,25 @@ class Mp4Writer:
         self._sink.close()
         self.path.unlink(missing_ok=True)
 
+
+
+def join_mp4(parts: list[Path], out: Path) -> Path:
+    """The mp4s one after the other in `out`, without re-encoding (ffmpeg's concat demuxer, `-c
+    copy`): each part keeps the quality it was written at. The parts must share size, rate and
+    encoder settings, as `Mp4Writer`'s do; the index goes up front again."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    listing = out.with_name(out.stem + "-parts.txt")
+    listing.write_text("".join(f"file '{Path(part).resolve().as_posix()}'\n" for part in parts))
+    try:
+        done = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "concat", "-safe", "0",
+                               "-i", str(listing), "-c", "copy", "-movflags", "+faststart", str(out)],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        listing.unlink(missing_ok=True)
+    if done.returncode != 0:
+        out.unlink(missing_ok=True)
+        raise RuntimeError(f"joining the clips failed: {done.stderr.strip()[-300:]}")
+    return out

@@ -15,6 +15,10 @@ A run is one timeline, and `_conduct` reads as it:
 4. previews as it denoises (every `preview_every` steps), then the mp4;
 5. the rest of the text at full speed.
 
+A run may continue a story ("And then?", `story.py`): Qwen then looks at the story's last frame
+with what it foresaw as context, LTX's clip begins with the story's last frames, and the mp4 is
+the whole story, the new frames joined to it without re-encoding what came before.
+
 The two workers (long-lived threads: CUDA graphs of a compiled decode step are recorded per
 thread) only do work and report what happened as messages; every decision (when the video
 starts, pacing, the out-of-memory fallback, Stop, failures) is taken in `_conduct`. Closing the
@@ -37,15 +41,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
+from PIL import Image
 
+from foresight import story as story_stage
 from foresight import video as video_stage
 from foresight import vlm as vlm_stage
-from foresight.config import PRESETS, SMALLER_PRESET, Preset, run_timeout
+from foresight.config import MAX_SEGMENTS, PRESETS, SMALLER_PRESET, Preset, run_timeout
 from foresight.events import event
 from foresight.health import DeviceHealth
 from foresight.inputs import InputError, check_question, fit_size, load_image, video_view
-from foresight.media import Mp4Writer, write_jpeg
+from foresight.media import Mp4Writer, join_mp4, write_jpeg
 from foresight.scheduling import HostCopier, Pacer, use_stream, worker_streams
 from foresight.trace import Trace
 
@@ -70,8 +77,9 @@ class Message:
 class RunRequest:
     """What a run was asked, made once in `__call__` and handed down."""
 
-    image: object  # PIL image as loaded: what Qwen and DINOv2 see
-    condition_image: object  # LTX's condition image, fitted to the preset
+    image: object  # PIL image as loaded, or a story's last frame: what Qwen and DINOv2 see
+    frames: tuple  # what the clip begins with, as PIL images: the image, or the story's last frames
+    condition: tuple  # `frames` as LTX's condition, fitted to the preset (`condition_frames`)
     question: str
     preset: str
     mode: str  # the mode that runs: fused or text
@@ -80,17 +88,24 @@ class RunRequest:
     reasoning: str | None = None  # a video-only retry: the text exists already
     video: bool = True
     frame_events: bool = False
+    story: story_stage.Story | None = None  # the story this run continues (in its folder's before/)
+    context: str = ""  # said to Qwen before the question: what the story's last segment foresaw
+
+    @property
+    def segment(self) -> int:
+        return len(self.story.segments) + 1 if self.story else 1
 
 
 @dataclass
 class VideoJob:
-    """One rendering: LTX's condition image fitted to `preset`, and what conditions the video."""
+    """One rendering: LTX's condition fitted to `preset`, and what conditions the video."""
 
     preset: Preset
-    condition_image: object  # PIL image fitted to the preset: the clip's first frame
-    prepared: Future | None  # the condition image as LTX's authors prepare it, begun early (None: prepare it)
+    condition: tuple  # PIL images fitted to the preset: the clip's first frame(s)
+    prepared: Future | None  # the condition as LTX's authors prepare it, begun early (None: prepare it)
     image: object  # PIL image as loaded: what DINOv2 and Qwen see
     question: str = ""
+    context: str = ""
     prompt: str | None = None  # text mode: the prediction line
     states: vlm_stage.PrefillCapture | None = None  # fused mode: the prefill's states (None: compute them)
     patch_tokens: Future | None = None  # fused mode: DINOv2's tokens of `image`, begun early (None: read them)
@@ -115,6 +130,7 @@ class Run:
         self.finished = 0
         self.early: dict[str, Future] = {}  # work begun before it is needed: "prepared", "patch_tokens"
         self.text, self.prediction, self.video_url = "", None, None
+        self.frames = {"story": 0, "new": 0}  # the mp4's frames, and this segment's share of them
         self.moments: dict[str, float | None] = {"ttft": None, "first_frame": None, "video_ready": None}
         self.rendering: VideoJob | None = None
         self.video_start: float | None = None
@@ -186,6 +202,21 @@ def prediction_from(text: str) -> str:
     return (vlm_stage.prediction_line(text + "\n") or text.strip())[:PREDICTION_MAX_CHARS] or FALLBACK_PREDICTION
 
 
+def fitted(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Frames [F, H, W, 3] at `size` (width, height): a story keeps its first segment's size, and a
+    segment rendered smaller (out of memory) is scaled to it before it is encoded (bicubic)."""
+    if (frames.shape[2], frames.shape[1]) == tuple(size):
+        return frames
+    return np.stack([np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BICUBIC)) for frame in frames])
+
+
+def condition_frames(frames: tuple, preset: Preset, notes: list[str] | None = None) -> tuple:
+    """What LTX's clip begins with, fitted to `preset`: the last 8k+1 of `frames`, at most the
+    preset's `condition_frames` (one frame: the image)."""
+    count = (min(preset.condition_frames, len(frames)) - 1) // 8 * 8 + 1
+    return tuple(video_view(frame, preset, notes) for frame in frames[-count:])
+
+
 class ForesightPipeline:
     def __init__(self, models, on_broken: Callable[[str], None] = lambda why: None):
         """`on_broken(why)`: the device stopped answering; no run is taken any more (`health.py`)."""
@@ -244,12 +275,17 @@ class ForesightPipeline:
         log(f"[foresight] captured {self._video_graphs.captured} video graphs ({len(sizes)} sizes) in "
             f"{time.perf_counter() - started:.1f}s")
 
-    def __call__(self, image, prompt: str = "", preset: str = "default", mode: str | None = None,
+    def __call__(self, image=None, prompt: str = "", preset: str | None = None, mode: str | None = None,
                  seed: int | None = None, out_dir: str | Path = "outputs", stop: threading.Event | None = None,
                  reasoning: str | None = None, video: bool = True, frame_events: bool = False,
-                 video_name: str | None = None) -> Iterator[dict]:
+                 video_name: str | None = None, story: str | Path | None = None,
+                 clip: str | Path | None = None) -> Iterator[dict]:
         """Yield the run's events.
 
+        `preset`: default the story's (continuing one), else "default".
+        `story`: continue this story ("And then?"): the mp4 a run made, with its record beside it
+        (`story.py`), or a folder holding one; `image` is not used. `clip`: continue a bare mp4
+        instead, a stranger's file, decoded under the clip budget (`inputs.read_clip`).
         `reasoning`: render the video again for this existing text, without the VLM stream.
         `video=False`: the reasoning alone (the benchmark's "text alone").
         `frame_events`: also a `video_frame` event (kind `frame`, a JPEG) for every final frame;
@@ -262,27 +298,49 @@ class ForesightPipeline:
         run = Run(stop or threading.Event(), cuda=self.models.settings.device.startswith("cuda"))
         notes: list[str] = []
         try:
-            with run.trace.span("text", "load image", gpu=False):
-                loaded = load_image(image, notes)
             prompt = check_question(prompt)
-            if preset not in PRESETS:
+            if preset is not None and preset not in PRESETS:
                 raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+            so_far = None
+            if story is not None or clip is not None:
+                with run.trace.span("text", "load story", gpu=False):
+                    so_far = self._story_so_far(story, clip, Path(out_dir), preset)
+                    frames = tuple(Image.fromarray(frame) for frame in so_far.tail())
+                loaded, preset = frames[-1], preset or so_far.segments[-1]["preset"]
+            else:
+                with run.trace.span("text", "load image", gpu=False):
+                    loaded = load_image(image, notes)
+                frames, preset = (loaded,), preset or "default"
             mode, note = self._choose_mode(mode)
         except InputError as exc:
             yield event("error", run.now(), stage="input", message=str(exc), recoverable=True)
             return
         run_id = uuid.uuid4().hex[:12]
         run.request = request = RunRequest(
-            image=loaded, condition_image=video_view(loaded, PRESETS[preset], notes), question=prompt, preset=preset,
-            mode=mode, seed=random.randrange(2**31) if seed is None else int(seed),
+            image=loaded, frames=frames, condition=condition_frames(frames, PRESETS[preset], notes), question=prompt,
+            preset=preset, mode=mode, seed=random.randrange(2**31) if seed is None else int(seed),
             mp4_path=Path(out_dir) / f"{video_name or run_id}.mp4", reasoning=reasoning, video=video,
-            frame_events=frame_events)
+            frame_events=frame_events, story=so_far, context=vlm_stage.context_line(so_far.prediction) if so_far else "")
         request.mp4_path.parent.mkdir(parents=True, exist_ok=True)
         yield event("thinking_start", run.now(), run_id=run_id, preset=preset, mode=mode,
-                    width=request.condition_image.width, height=request.condition_image.height,
+                    width=request.condition[0].width, height=request.condition[0].height,
                     num_frames=PRESETS[preset].num_frames, fps=PRESETS[preset].fps, seed=request.seed,
-                    num_steps=self.models.settings.sampling.num_steps, note=note, input_notes=notes)
-        yield from self._conduct(run)
+                    num_steps=self.models.settings.sampling.num_steps, note=note, input_notes=notes,
+                    segment=request.segment, max_segments=MAX_SEGMENTS, condition_frames=len(request.condition),
+                    story_frames=so_far.num_frames if so_far else 0)
+        for happened in self._conduct(run):
+            yield {**happened, "segment": request.segment}
+
+    @staticmethod
+    def _story_so_far(story, clip, out_dir: Path, preset: str | None) -> story_stage.Story:
+        """The story a continuation goes on from, linked into its own folder (`story.carry`), or a
+        bare clip imported there; refused in words when it has all its segments."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if story is None:
+            return story_stage.import_clip(clip, out_dir, PRESETS[preset or "default"])
+        so_far = story_stage.load(story)
+        so_far.check_room()
+        return story_stage.carry(so_far, out_dir)
 
     # --- the timeline: the only place that decides what happens next ----------------------------
 
@@ -327,7 +385,7 @@ class ForesightPipeline:
         request = run.request
         workers = run.workers = self._workers()
         if request.video:  # the condition image's preparation needs nothing but the image: beside the prefill
-            run.early["prepared"] = workers.copier.submit(self._prepare, run, request.condition_image)
+            run.early["prepared"] = workers.copier.submit(self._prepare, run, request.condition)
         if request.reasoning is None:
             fused_video = request.mode == "fused" and request.video
             run.jobs.append(workers.thinker.submit(self._think, run, fused_video))
@@ -343,8 +401,9 @@ class ForesightPipeline:
         request = run.request
         if job is None:
             run.prediction = conditioning.get("prompt")
-            job = VideoJob(PRESETS[request.preset], request.condition_image, run.early.get("prepared"), request.image,
-                           request.question, patch_tokens=run.early.get("patch_tokens"), **conditioning)
+            job = VideoJob(PRESETS[request.preset], request.condition, run.early.get("prepared"), request.image,
+                           request.question, request.context, patch_tokens=run.early.get("patch_tokens"),
+                           **conditioning)
         run.rendering, run.video_start = job, run.video_start or round(run.now(), 4)
         run.pacer.hold(self.models.settings.text_pace)
         run.jobs.append(run.workers.renderer.submit(self._render, run, job))
@@ -373,11 +432,13 @@ class ForesightPipeline:
         """5. The rest of the text runs at full speed."""
         run.pacer.release()
         run.moments["video_ready"], run.video_url = round(data["t"], 4), str(run.request.mp4_path)
+        run.frames = {"story": data["num_frames"], "new": data["segment_frames"]}
         return event("video_complete", data["t"], video_url=run.video_url, num_frames=data["num_frames"],
-                     fps=data["fps"])
+                     segment_frames=data["segment_frames"], fps=data["fps"])
 
     def _on_out_of_memory(self, run: Run) -> dict:
-        """One preset smaller, until the smallest; then the video is given up, the text goes on."""
+        """One preset smaller, until the smallest; then the video is given up, the text goes on. The
+        condition is fitted again from what it was made of (the image, or the story's last frames)."""
         preset = run.rendering.preset.name
         smaller = SMALLER_PRESET.get(preset)
         if smaller is None:
@@ -386,7 +447,7 @@ class ForesightPipeline:
                          message=f"The video could not be made: out of GPU memory even at the {preset} preset.")
         torch.cuda.empty_cache()
         self._start_video(run, replace(run.rendering, preset=PRESETS[smaller], prepared=None,
-                                       condition_image=video_view(run.request.image, PRESETS[smaller])))
+                                       condition=condition_frames(run.request.frames, PRESETS[smaller])))
         return event("error", run.now(), stage="video", recoverable=True, retry_preset=smaller,
                      message=f"Out of GPU memory at the {preset} preset; retrying at {smaller}.")
 
@@ -405,12 +466,26 @@ class ForesightPipeline:
 
     def _completed(self, run: Run) -> dict:
         request = run.request
+        if run.video_url and not run.stop.is_set():
+            self._keep_story(run)
         return event("thinking_complete", run.now(), text=run.text, video_url=run.video_url,
                      stopped=run.stop.is_set(), mode=request.mode, seed=request.seed, prediction=run.prediction,
                      preset=run.rendering.preset.name if run.rendering else request.preset, **run.moments,
                      tokens=len(run.token_times), token_times=[round(t, 4) for t in run.token_times],
                      video_start=run.video_start, overhead_s={k: round(v, 4) for k, v in run.seconds.items()},
                      spans=run.trace.spans())
+
+    @staticmethod
+    def _keep_story(run: Run) -> None:
+        """The record beside the mp4 that lets the story go on: what came before, and this segment."""
+        request, job = run.request, run.rendering
+        segment = dict(source="run", question=request.question, text=run.text,
+                       prediction=run.prediction or prediction_from(run.text), mode=request.mode,
+                       preset=job.preset.name, seed=request.seed, frames=run.frames["new"])
+        story = request.story
+        size = (story.width, story.height) if story else job.condition[0].size
+        story_stage.write(request.mp4_path, [*(story.segments if story else ()), segment], size, job.preset.fps,
+                          run.frames["story"])
 
     def _on_deadline(self, run: Run, timeout: float) -> dict:
         """Past the deadline: the run ends in words; `_end` leaves behind whatever does not stop."""
@@ -459,7 +534,7 @@ class ForesightPipeline:
                 capture = vlm_stage.PrefillCapture(self.models.vlm, self.models.settings.hidden_layer)
                 run.attach(capture.remove)
             with trace.span("text", "VLM processor", gpu=False):
-                inputs = vlm_stage.build_inputs(self.models, request.image, request.question)
+                inputs = vlm_stage.build_inputs(self.models, request.image, request.question, request.context)
             with trace.span("text", "Qwen vision tower"):
                 inputs = vlm_stage.encode_image(self.models, inputs)
             prefill = trace.mark(gpu=False)
@@ -490,23 +565,25 @@ class ForesightPipeline:
         try:
             if run.stop.is_set():  # stopped while queued behind another run
                 return
-            mp4 = copier.submit(Mp4Writer, run.request.mp4_path, job.condition_image.width,
-                                job.condition_image.height, preset.fps)
+            story = run.request.story  # a continuation writes its new frames apart, then joins them on
+            mp4 = copier.submit(Mp4Writer, self._part_path(run) if story else run.request.mp4_path,
+                                *((story.width, story.height) if story else job.condition[0].size), preset.fps)
             embeds, mask = self._conditioning(run, job)
 
             def on_preview(step: int, rgb: torch.Tensor) -> None:
                 ready = run.workers.host.ready_marker()  # the decode is queued; the copy waits for it elsewhere
                 previews.append(copier.submit(self._post_preview, run, rgb, ready, step, preset))
 
-            condition = job.prepared.result() if job.prepared is not None else self._prepare(run, job.condition_image)
+            condition = job.prepared.result() if job.prepared is not None else self._prepare(run, job.condition)
             frames = video_stage.render(models, condition, preset.num_frames, preset.fps, run.request.seed, embeds,
                                         mask, run.stop, on_preview=on_preview, trace=run.trace,
                                         graphs=self._video_graphs, attach=run.attach)
             for preview in previews:
                 preview.result()
-            self._write_mp4(run, frames, mp4.result())
+            added = self._write_mp4(run, job, frames, mp4.result())
             mp4 = None
-            run.post("video_done", t=run.now(), num_frames=len(frames), fps=preset.fps)
+            run.post("video_done", t=run.now(), num_frames=added + (story.num_frames if story else 0),
+                     segment_frames=added, fps=preset.fps)
         except video_stage.Stopped:
             pass
         except torch.OutOfMemoryError:
@@ -531,28 +608,46 @@ class ForesightPipeline:
             states = job.states.states_here()
         else:
             with trace.span("video", "VLM states"):
-                states = vlm_stage.prefill_states(models, vlm_stage.build_inputs(models, job.image, job.question))
+                states = vlm_stage.prefill_states(models, vlm_stage.build_inputs(models, job.image, job.question,
+                                                                                 job.context))
         early = job.patch_tokens
         patch_tokens = early.result() if early is not None and early.exception() is None \
             else self._see(run, job.image)  # read now: not begun early, or it failed (read again)
         with trace.span("video", "bridge"):
             return video_stage.fused_conditioning(models, patch_tokens, states)
 
-    def _write_mp4(self, run: Run, frames: torch.Tensor, writer: Mp4Writer) -> None:
-        """The mp4 (its ffmpeg started while the video denoised); the frames' JPEGs beside it if asked."""
+    def _write_mp4(self, run: Run, job: VideoJob, frames: torch.Tensor, writer: Mp4Writer) -> int:
+        """The mp4 (its ffmpeg started while the video denoised) and the last frames, lossless, for
+        a continuation; the frames' JPEGs beside it if asked -> the frames this segment added.
+
+        Continuing a story, the clip's first frames are the story's own last ones: only the frames
+        after them are encoded (at the story's size), and joined to the story's mp4 without
+        re-encoding it (`media.join_mp4`)."""
+        request = run.request
         with run.trace.span("host", "mp4", gpu=False):
             started = time.perf_counter()
-            encoding = run.workers.copier.submit(self._post_frames, run, frames) \
-                if run.request.frame_events else None
-            writer.write(frames.numpy())
+            encoding = run.workers.copier.submit(self._post_frames, run, frames) if request.frame_events else None
+            rendered = frames.numpy()
+            new = rendered[len(job.condition):] if request.story else rendered
+            writer.write(fitted(new, writer.size))
+            if request.story:
+                join_mp4([request.story.video, writer.path], request.mp4_path)
+                writer.path.unlink()
+            story_stage.save_tail(request.mp4_path, rendered, job.preset.condition_frames)
             run.seconds["mp4"] = time.perf_counter() - started
             if encoding is not None:
                 encoding.result()
+        return len(new)
 
-    def _prepare(self, run: Run, image):
-        """LTX's condition image as its authors prepare it (blur, one H.264 frame): host work."""
+    @staticmethod
+    def _part_path(run: Run) -> Path:
+        return run.request.mp4_path.with_name(run.request.mp4_path.stem + "-part.mp4")
+
+    def _prepare(self, run: Run, frames: tuple) -> tuple:
+        """LTX's condition as its authors prepare an image, frame by frame (blur, one H.264 frame): host work."""
         with run.trace.span("host", "condition image", gpu=False):
-            return video_stage.prepare_condition(image, self.models.settings.sampling.condition_crf)
+            crf = self.models.settings.sampling.condition_crf
+            return tuple(video_stage.prepare_condition(frame, crf) for frame in frames)
 
     def _see(self, run: Run, image) -> torch.Tensor:
         """DINOv2's patch tokens of the image: it needs no prefill, so with `vision_early` it runs beside it."""

@@ -1,7 +1,8 @@
 """LTX-Video image-to-video: conditioning (bridge or T5), denoising with previews, frames.
 
 The video is rendered by diffusers' `LTXConditionPipeline`, the pipeline that takes the distilled
-checkpoints' own timesteps (`VideoSampling`), with the input image as the condition at frame 0.
+checkpoints' own timesteps (`VideoSampling`), with the condition at frame 0: the input image, or
+("And then?") the story's last frames, which the clip then begins with.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -198,18 +199,25 @@ class VideoGraphs:
         return self.transformer.captured + self.preview.captured
 
 
-def sampling_arguments(models, image: Image.Image, num_frames: int, fps: int, seed: int,
+def sampling_arguments(models, condition: Sequence[Image.Image], num_frames: int, fps: int, seed: int,
                        prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor) -> dict:
-    """LTXConditionPipeline's arguments for one clip sampled as `config.VideoSampling` says."""
+    """LTXConditionPipeline's arguments for one clip sampled as `config.VideoSampling` says, its
+    first frames `condition`: one image, or 8k+1 frames as a video at frame 0 (the authors'
+    `conditioning_media_paths` with start frame 0, each frame prepared as their image is:
+    `ltx_video/inference.py`, `load_media_file`). Every latent frame the condition covers is held
+    at its VAE encoding, noised by `image_cond_noise_scale` x sigma^2 at each step."""
     from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+    first = condition[0]
+    frame = LTXVideoCondition(image=first, frame_index=0) if len(condition) == 1 else \
+        LTXVideoCondition(video=list(condition), frame_index=0)
 
     pipeline, sampling = models.video_pipeline, models.settings.sampling
     prompt_embeds = prompt_embeds.to(pipeline.transformer.dtype)
     conditioning = dict(prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_attention_mask)
     if sampling.guidance_scale > 1:
         conditioning.update(negative_conditioning(models, prompt_embeds, prompt_attention_mask))
-    return dict(conditions=[LTXVideoCondition(image=image, frame_index=0)],
-                width=image.width, height=image.height, num_frames=num_frames, frame_rate=fps,
+    return dict(conditions=[frame], width=first.width, height=first.height, num_frames=num_frames, frame_rate=fps,
                 timesteps=list(sampling.timesteps), guidance_scale=sampling.guidance_scale,
                 image_cond_noise_scale=sampling.image_cond_noise_scale, decode_timestep=sampling.decode_timestep,
                 decode_noise_scale=sampling.decode_noise_scale,
@@ -217,13 +225,13 @@ def sampling_arguments(models, image: Image.Image, num_frames: int, fps: int, se
 
 
 @torch.inference_mode()
-def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
+def render(models, condition: Sequence[Image.Image], num_frames: int, fps: int, seed: int,
            prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor, stop: threading.Event,
            on_preview: Callable[[int, torch.Tensor], None] = lambda step, rgb: None,
            trace: Trace = null_trace, graphs: VideoGraphs | None = None,
            attach: Callable[[Callable[[], None]], None] = lambda undo: None) -> torch.Tensor:
-    """Denoise with LTX, `image` (the condition image, prepared: `prepare_condition`) as frame 0 ->
-    frames [F, H, W, 3] uint8 on the CPU.
+    """Denoise with LTX, `condition` (the condition image, or the story's last frames, prepared:
+    `prepare_condition`) as its first frames -> frames [F, H, W, 3] uint8 on the CPU.
 
     `on_preview(step, rgb)` gets previews ([H, W, 3] uint8 on the model's device, still being
     computed there: the caller copies it off the critical path) on the steps of the preview cadence
@@ -234,7 +242,7 @@ def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
     """
     pipeline, settings = models.video_pipeline, models.settings
     sampling = settings.sampling
-    shape = latent_shape(pipeline, num_frames, image.height, image.width)
+    shape = latent_shape(pipeline, num_frames, condition[0].height, condition[0].width)
     estimate = DenoisingEstimate(pipeline, sampling.guidance_scale)
     attach(estimate.remove)
     previewed = set(preview_steps(sampling.num_steps, settings.preview_every))
@@ -268,7 +276,7 @@ def render(models, image: Image.Image, num_frames: int, fps: int, seed: int,
         with graphed as undo_forward:
             if undo_forward is not None:
                 attach(undo_forward)
-            output = pipeline(**sampling_arguments(models, image, num_frames, fps, seed, prompt_embeds,
+            output = pipeline(**sampling_arguments(models, condition, num_frames, fps, seed, prompt_embeds,
                                                    prompt_attention_mask),
                               output_type="pt", callback_on_step_end=on_step_end)
         trace.add("video", "VAE decode", marks["decode"], trace.mark())
@@ -310,7 +318,7 @@ def capture_graphs(models, graphs: VideoGraphs, sizes: list[tuple[int, int, int]
                                       whole=settings.preview_decode == "whole")
                 return {}
 
-            arguments = sampling_arguments(models, Image.new("RGB", (width, height)), frames, 16, 0, embeds, mask)
+            arguments = sampling_arguments(models, [Image.new("RGB", (width, height))], frames, 16, 0, embeds, mask)
             try:
                 with graphed_forward(pipeline.transformer, graphs.transformer):
                     pipeline(**{**arguments, "timesteps": arguments["timesteps"][:1]}, output_type="latent",

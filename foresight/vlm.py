@@ -36,14 +36,24 @@ SYSTEM_PROMPT = (
 DEFAULT_QUESTION = "What happens next?"
 
 
-def build_inputs(models, image: Image.Image, question: str):
+def context_line(prediction: str) -> str:
+    """Continuing a story: the image is the last frame of a clip, and what that clip was foreseen to
+    show, in one line, so that the next prediction goes on from it."""
+    prediction = " ".join(prediction.split())
+    return f"This image is the last frame of a video that showed: {prediction}" if prediction else \
+        "This image is the last frame of a video."
+
+
+def build_inputs(models, image: Image.Image, question: str, context: str = ""):
     """Chat-template the image and question; tensors on the model's device. `image` is the loaded
-    upload: Qwen sees it at its own pixel budget, whatever the video preset."""
+    upload (or, continuing a story, its last frame): Qwen sees it at its own pixel budget, whatever
+    the video preset. `context`: one line said before the question (`context_line`)."""
     settings = models.settings
     question = question.strip() or DEFAULT_QUESTION
+    text = f"{context}\n{question}" if context else question
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
     ]
     text = models.vlm_processor.apply_chat_template(messages, add_generation_prompt=True)
     view = vlm_view(image, settings.vlm_min_pixels, settings.vlm_max_pixels)

@@ -48,7 +48,7 @@ def count(models) -> OpCounter:
     condition = video_view(Image.new("RGB", (512, 512), (120, 30, 200)), PRESETS["default"])
     embeds, mask = video_stage.text_conditioning(models, "a square slides to the right")
     return count_denoising(models.video_pipeline, lambda: video_stage.render(
-        models, condition, PRESETS["default"].num_frames, PRESETS["default"].fps, 0, embeds, mask,
+        models, [condition], PRESETS["default"].num_frames, PRESETS["default"].fps, 0, embeds, mask,
         threading.Event()))
 
 

@@ -46,7 +46,7 @@ def test_no_step_and_no_preview_reads_a_value_back_or_copies_one_in(models, phot
     embeds, mask = video_stage.text_conditioning(models, "a square slides")
     video_graphs = video_stage.VideoGraphs(models.video_pipeline, cuda=False) if graphs else None
     counter = count_denoising(models.video_pipeline, lambda: video_stage.render(
-        with_settings(models, preview_every=1), condition, 17, 16, 0, embeds, mask, threading.Event(),
+        with_settings(models, preview_every=1), [condition], 17, 16, 0, embeds, mask, threading.Event(),
         graphs=video_graphs))
     assert counter.ops["transformer forward"] > 100 and counter.ops["preview decode"] > 100, counter.ops
     for part in ("transformer forward", "step", "preview decode"):

@@ -1,0 +1,155 @@
+"""A story: the clips "And then?" adds one after another, kept on disk so that it can go on.
+
+A story is named by its mp4, which holds all of it. Beside `<name>.mp4` a run that made a video keeps:
+
+    <name>.story.json  the story so far: its segments (question, text, prediction, mode, preset,
+                       seed, the frames each added), its size, rate and frame count
+    <name>.tail.npy    the last segment's last frames, lossless (uint8 [K, H, W, 3]): what a
+                       continuation is conditioned on, never frames decoded back from the lossy mp4
+    before/            (a continuation) the story it continued, as it was: hard links to that
+                       story's three files, so that the earlier run's folder can go, and a retry
+                       renders the segment again from the same frames
+
+A bare mp4 (the CLI, a clip sent to the API) is a stranger's file: `import_clip` decodes it under
+the clip budget (`inputs.read_clip`) into a one-segment story in `before/`, and it goes on from there
+with its last frames and no earlier text.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from foresight.config import MAX_SEGMENTS, Preset
+from foresight.inputs import InputError, fit_size, crop_and_resize, read_clip
+from foresight.media import Mp4Writer
+
+RECORD = ".story.json"
+TAIL = ".tail.npy"
+BEFORE = "before"
+
+
+def record_path(video: Path) -> Path:
+    return Path(video).with_suffix(RECORD)
+
+
+def tail_path(video: Path) -> Path:
+    return Path(video).with_suffix(TAIL)
+
+
+@dataclass(frozen=True)
+class Story:
+    """A story so far, as its folder holds it."""
+
+    video: Path  # the mp4 of the whole story so far; its record and tail lie beside it
+    segments: tuple[dict, ...]
+    width: int
+    height: int
+    fps: int
+    num_frames: int
+
+    @property
+    def prediction(self) -> str:
+        """What the last segment foresaw: the context of the next one's reasoning."""
+        return self.segments[-1].get("prediction") or ""
+
+    @property
+    def seconds(self) -> float:
+        return self.num_frames / self.fps
+
+    def tail(self) -> np.ndarray:
+        """The last segment's last frames, as rendered (uint8 [K, H, W, 3])."""
+        return np.load(tail_path(self.video))
+
+    def check_room(self) -> None:
+        """InputError, in words, when the story has all its segments."""
+        if len(self.segments) >= MAX_SEGMENTS:
+            raise InputError(f"This story has reached its {MAX_SEGMENTS} segments ({self.seconds:.1f} s). Start a new "
+                             "one from an image.")
+
+
+def load(path: str | Path) -> Story:
+    """The story an mp4 ends (or the one story a folder holds: a run's, its `before/`), or InputError."""
+    video = Path(path)
+    if video.is_dir():
+        records = sorted(video.glob("*" + RECORD))
+        if len(records) != 1:
+            raise InputError(f"{video} holds {len(records) or 'no'} stories; name the mp4 to continue."
+                             if records else f"No story to continue in {video}: it has no finished video.")
+        video = records[0].with_name(records[0].name[:-len(RECORD)] + ".mp4")
+    try:
+        record = json.loads(record_path(video).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"No story to continue at {video}: it is not a finished video of this app.") from exc
+    if not video.is_file() or not tail_path(video).is_file():
+        raise InputError(f"The story at {video} is incomplete; its video or its last frames are gone.")
+    return Story(video, tuple(record["segments"]), record["width"], record["height"], record["fps"],
+                 record["num_frames"])
+
+
+def write(video: Path, segments: list[dict], size: tuple[int, int], fps: int, num_frames: int) -> None:
+    """The record of the story `video` ends, once it exists (written last: its presence means done)."""
+    record = dict(segments=segments, width=size[0], height=size[1], fps=fps, num_frames=num_frames)
+    record_path(video).write_text(json.dumps(record, indent=1))
+
+
+def save_tail(video: Path, frames: np.ndarray, count: int) -> None:
+    """The last `count` frames of the story `video` ends, lossless, for the next segment's conditioning."""
+    np.save(tail_path(video), np.ascontiguousarray(frames[-count:]))
+
+
+def carry(story: Story, out_dir: Path) -> Story:
+    """The story, linked into `out_dir/before/` (hard links: no bytes copied; a copy where links
+    cannot be made), so the new segment holds what it continues whatever happens to the old folder."""
+    before = Path(out_dir) / BEFORE
+    if story.video.parent.resolve() == before.resolve():
+        return story
+    before.mkdir(parents=True, exist_ok=True)
+    for source in (record_path(story.video), tail_path(story.video), story.video):
+        try:
+            os.link(source, before / source.name)
+        except OSError:
+            shutil.copyfile(source, before / source.name)
+    return load(before / story.video.name)
+
+
+def import_clip(clip: str | Path, out_dir: Path, preset: Preset) -> Story:
+    """A bare mp4 as a one-segment story in `out_dir/before/`: its frames at the preset's rate and
+    size, encoded once in this app's own format (so that later segments join it without re-encoding),
+    and its last frames kept as the tail. InputError if the clip is refused."""
+    before = Path(out_dir) / BEFORE
+    before.mkdir(parents=True, exist_ok=True)
+    video, writer, tail, count = before / "clip.mp4", None, collections.deque(maxlen=preset.condition_frames), 0
+    try:
+        for frame in read_clip(clip, preset.fps):
+            if writer is None:
+                size = fit_size(frame.width, frame.height, preset)
+                writer = Mp4Writer(video, *size, preset.fps)
+            rgb = np.asarray(crop_and_resize(frame, *size))
+            writer.send(rgb)
+            tail.append(rgb)
+            count += 1
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        shutil.rmtree(before, ignore_errors=True)
+        raise
+    save_tail(video, np.stack(tail), len(tail))
+    segment = dict(source="clip", question="", text="", prediction="", mode=None, preset=preset.name, seed=None,
+                   frames=count)
+    write(video, [segment], size, preset.fps, count)
+    return load(video)
+
+
+def locate(path: str | Path) -> tuple[Path | None, Path | None]:
+    """What `--continue PATH` names: (a story: a folder, or an mp4 with its record beside it, None),
+    or (None, a bare clip)."""
+    path = Path(path)
+    return (path, None) if path.is_dir() or record_path(path).is_file() else (None, path)
