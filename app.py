@@ -26,7 +26,9 @@ from gradio import processing_utils  # noqa: E402
 from gradio.data_classes import FileData  # noqa: E402
 
 from foresight import storage  # noqa: E402
-from foresight.config import PRESETS, ZERO_GPU_DURATION_S  # noqa: E402
+from foresight import story as story_files  # noqa: E402
+from foresight.config import MAX_SEGMENTS, PRESETS, ZERO_GPU_DURATION_S  # noqa: E402
+from foresight.events import event  # noqa: E402
 from foresight.inputs import MAX_QUESTION_CHARS, MAX_UPLOAD_MB, InputError, check_upload  # noqa: E402
 from foresight.serving import PROFILES, start  # noqa: E402
 
@@ -43,6 +45,7 @@ CACHE_TTL_S = int(os.environ.get("FORESIGHT_CACHE_TTL", 3600))  # uploads in Gra
 CACHE_MAX_MB = int(os.environ.get("FORESIGHT_CACHE_MAX_MB", 1024))  # ...and to this size
 HISTORY_SIZE = 12  # runs a session's history keeps
 GONE = "That run is no longer kept on the server: it made room for newer runs, or this page was idle too long."
+AND_THEN = "\n\n— And then —\n"  # between a story's segments in the thinking box
 MODE_CHOICES = [("Auto", "auto"), ("Fused (bridge)", "fused"), ("Text (T5)", "text")]
 # Gradio sizes gallery columns by item count (one run = one full-width tile): keep thumbnails small.
 CSS = """
@@ -134,6 +137,8 @@ def summary(record: dict) -> str:
     if record.get("stopped"):
         return "Stopped."
     parts = [f"**{record['mode']}** mode", f"seed {record['seed']}", f"rendered at {record['size']}"]
+    if record.get("segment", 1) > 1:
+        parts.insert(0, f"segment {record['segment']} of at most {MAX_SEGMENTS} (the story: {record['story_s']:.1f} s)")
     for label, key in (("first text", "ttft"), ("first preview", "first_frame"), ("video", "video_ready")):
         if record.get(key) is not None:
             parts.append(f"{label} {record[key]:.2f} s")
@@ -142,6 +147,23 @@ def summary(record: dict) -> str:
     if record.get("video_error"):
         lines.append(f"⚠️ {record['video_error']} Press **Retry video** to render it again.")
     return "  \n".join(lines)
+
+
+def shown_text(record: dict) -> str:
+    """The thinking box: the story's earlier segments' reasoning, then this one's."""
+    return record.get("earlier", "") + record.get("text", "")
+
+
+def step_line(ev: dict, record: dict) -> str:
+    """The status line as the video denoises: which step, and which segment of a story."""
+    step = f"step {ev['step'] + 1}/{ev['num_steps']}"
+    segment = record.get("segment", 1)
+    return f"Segment {segment} of at most {MAX_SEGMENTS} · {step}" if segment > 1 else f"Rendering {step}"
+
+
+def can_go_on(record: dict) -> bool:
+    """A finished video whose story has room for another segment: "And then?" is offered."""
+    return bool(record.get("video")) and not record.get("video_error") and record.get("segment", 1) < MAX_SEGMENTS
 
 
 def waiting_line(ahead: int, seconds: float | None) -> str:
@@ -159,9 +181,9 @@ def queue_position(demo: gr.Blocks, session_hash: str) -> tuple[int, float | Non
     waiting = queue.event_queue_per_concurrency_id.get("gpu")
     if waiting is None:
         return None
-    for rank, event in enumerate(list(waiting.queue)):
-        if event.session_hash == session_hash:
-            timing = queue.process_time_per_fn.get(event.fn)
+    for rank, queued in enumerate(list(waiting.queue)):
+        if queued.session_hash == session_hash:
+            timing = queue.process_time_per_fn.get(queued.fn)
             ahead = rank + waiting.current_concurrency
             return ahead, (timing.avg_time * ahead if timing and timing.avg_time else None)
     return None
@@ -173,13 +195,14 @@ def follow(events, record: dict):
     for ev in events:
         if ev["type"] == "thinking_start":
             record.update(mode=ev["mode"], size=rendering_line(ev), notes=[n for n in [ev["note"], *ev["input_notes"]]
-                                                                          if n])
+                                                                          if n], preset=ev["preset"],
+                          segment=ev["segment"], seed=ev["seed"])
         elif ev["type"] == "text_chunk":
             record["text"] += ev["content"]
         elif ev["type"] == "video_frame":
             record["preview"] = ev["path"]  # the JPEG the pipeline wrote in the run's folder
         elif ev["type"] == "video_complete":
-            record.update(video=ev["video_url"], video_error=None)
+            record.update(video=ev["video_url"], video_error=None, story_s=ev["num_frames"] / ev["fps"])
         elif ev["type"] == "error" and ev["stage"] == "video" and not ev.get("retry_preset"):
             record["video_error"] = ev["message"]
         elif ev["type"] == "error" and ev["stage"] in ("input", "run"):  # refused, ended at its deadline, or no GPU
@@ -211,17 +234,26 @@ class Page:
         holder = getattr(self.demo, "state_holder", None)
         return holder is None or session in holder
 
-    def stream(self, image_path, question, preset, mode, seed, stop, record, owner):
+    def stream(self, image_path, question, preset, mode, seed, stop, record, owner, previous=None, clip=None):
         """The pipeline's events for one run, with `record` kept up to date; the run works on its own
-        copy of the upload, in its folder (`owner`'s), which its history and a retry use too."""
+        copy of the upload, in its folder (`owner`'s), which its history and a retry use too.
+        `previous`: the record of the story this run continues ("And then?"); `clip`: a bare mp4 to
+        continue (the API's)."""
         folder, events = self.runs.new(owner), None
         try:
             upload = storage.keep_upload(image_path, folder)
             record.update(folder=str(folder), upload=upload and str(upload), name=storage.video_name(image_path, seed),
                           question=question or "", preset=preset, seed=seed, text="", notes=[], preview=None,
                           video=None)
+            story = None
+            if previous is not None:
+                story = self._carry_story(previous, folder, record)
+                if story is None:
+                    yield from follow([event("error", 0.0, stage="input", recoverable=True, message=GONE)], record)
+                    return
             events = self.run_pipeline(upload, prompt=question or "", preset=preset, seed=seed, stop=stop,
-                                       mode=None if mode == "auto" else mode, out_dir=folder, video_name=record["name"])
+                                       mode=None if mode == "auto" else mode, out_dir=folder, video_name=record["name"],
+                                       story=story, clip=clip)
             yield from follow(events, record)
         finally:
             if events is not None:
@@ -231,28 +263,58 @@ class Page:
             else:
                 self.runs.finish(folder)
 
+    def _carry_story(self, previous: dict, folder: Path, record: dict) -> Path | None:
+        """The story `previous` shows, linked into the new run's folder (its input and thumbnail
+        too, for the history), so that it stays whatever the budget does to the older folder; its
+        mp4 (in `before/`) -> the story to continue. None if it is no longer kept."""
+        try:
+            if not self.runs.kept(previous.get("folder")):
+                return None
+            story = story_files.carry(story_files.load(previous["video"]), folder)
+            kept = {key: str(story_files.link_or_copy(Path(previous[key]), folder / Path(previous[key]).name))
+                    for key in ("input", "thumbnail")}
+        except (OSError, InputError, KeyError) as exc:
+            log.info("could not continue a story: %s", exc)
+            return None
+        story_name = previous.get("story_name", previous["name"])
+        record.update(kept, earlier=shown_text(previous) + AND_THEN, continues=previous["folder"], upload=None,
+                      story_name=story_name, name=f"{story_name}-then{len(story.segments) + 1}")
+        return story.video
+
     def on_generate(self):
         """Clear the last run, lock Generate until this one has really ended, and say it is waiting."""
         control = {"stop": threading.Event()}
         return ("", None, None, "", "Waiting for the GPU…", control, {}, gr.update(interactive=False),
-                gr.update(interactive=True), gr.update(visible=False), gr.Timer(active=True))
+                gr.update(interactive=True), gr.update(visible=False), gr.update(visible=False), gr.Timer(active=True))
 
     def generate(self, image, question, preset, mode, seed, randomize, control, request: gr.Request):
         """One run for the page: text, preview then video in one place, status in words."""
         stop = (control or {}).get("stop") or threading.Event()
         seed = random.randrange(2**31) if randomize else int(seed or 0)
-        record, status = {}, "Thinking…"
-        for ev in self.stream(image, question, preset, mode, seed, stop, record, request.session_hash):
-            if record.get("error"):
-                log.info("a run ended without running: %s", record["error"])
-                status = refusal(record["error"])
-            elif ev["type"] == "thinking_start":
-                status = f"Thinking… · {record['size']}"
-            elif ev["type"] == "video_frame":
-                status = "Stopping…" if stop.is_set() else f"Rendering step {ev['step'] + 1}/{ev['num_steps']}"
-            elif ev["type"] == "thinking_complete":
-                status = summary(record)
-            yield record["text"], record["preview"], record["video"], caption(record), status, record
+        record = {}
+        yield from page_updates(self.stream(image, question, preset, mode, seed, stop, record, request.session_hash),
+                                record, stop)
+
+    def on_and_then(self):
+        """Like `on_generate`, but the story's text stays: the new segment's follows it."""
+        control = {"stop": threading.Event()}
+        return (None, None, "Waiting for the GPU…", control, gr.update(interactive=False), gr.update(interactive=True),
+                gr.update(visible=False), gr.update(visible=False), gr.Timer(active=True))
+
+    def and_then(self, question, mode, seed, randomize, record, control, request: gr.Request):
+        """The story the page shows goes on: Qwen looks at its last frame, LTX renders the next
+        segment from its last frames, and the video becomes the whole story. Stopped or failed,
+        the page shows the story as it was, which is still kept."""
+        stop = (control or {}).get("stop") or threading.Event()
+        seed = random.randrange(2**31) if randomize else int(seed or 0)
+        previous, new = record or {}, {}
+        status = "Stopped: the story so far is kept."
+        for *outputs, status, _ in page_updates(self.stream(None, question, None, mode, seed, stop, new,
+                                                            request.session_hash, previous=previous), new, stop):
+            yield (*outputs, status, new)
+        if not new.get("video") and previous.get("video"):  # stopped, refused or failed: the story as it was
+            status = "Stopped: the story so far is kept." if new.get("stopped") else status
+            yield shown_text(previous), previous.get("preview"), previous["video"], caption(previous), status, previous
 
     def on_stop(self, control):
         """Stop is a state: the run ends at its next token or denoising step, then `on_run_end` unlocks."""
@@ -268,38 +330,43 @@ class Page:
                 if "input" not in record:
                     source, thumbnail = storage.save_input(record["upload"], Path(record["folder"]))
                     record = {**record, "input": str(source), "thumbnail": str(thumbnail)}
-                others = [h for h in history if h["folder"] != record["folder"]]  # a retried run replaces itself
-                history = [record, *others][:HISTORY_SIZE]
+                # A retried run replaces itself; a story's new segment replaces the segment it continued:
+                # the history keeps a story as one entry, which restores all of it.
+                replaced = {record["folder"], record.get("continues")}
+                history = [record, *(h for h in history if h["folder"] not in replaced)][:HISTORY_SIZE]
         except (OSError, InputError) as exc:  # the page must unlock whatever happened to the files
             log.info("could not keep the run in the history: %s", exc)
         self.runs.hold(request.session_hash, [*(h["folder"] for h in history), record.get("folder")])
         history = [h for h in history if self.runs.kept(h["folder"])]  # the budget may have taken some
         return (history, gallery_of(history), gr.update(visible=bool(record.get("video_error"))),
-                gr.update(interactive=True), gr.update(interactive=False), gr.Timer(active=False), "", record)
+                gr.update(visible=can_go_on(record)), gr.update(interactive=True), gr.update(interactive=False),
+                gr.Timer(active=False), "", record)
 
     def on_retry(self):
         """Like `on_generate`, but the run's text stays: only its video is rendered again."""
         control = {"stop": threading.Event()}
         return ("Rendering the video again…", control, gr.update(interactive=False), gr.update(interactive=True),
-                gr.update(visible=False))
+                gr.update(visible=False), gr.update(visible=False))
 
     def retry_video(self, record, control):
-        """Render the video again for the run's own image and text, without a new reasoning stream."""
+        """Render the video again for the run's own image and text, without a new reasoning stream; a
+        story's segment from the same last frames of the story before it (kept in its folder)."""
         if not self.runs.reopen(record.get("folder")):  # written again: the budget leaves it alone meanwhile
             yield None, None, refusal(GONE), record
             return
         stop = (control or {}).get("stop") or threading.Event()
         again = {**record, "video": None, "preview": None, "video_error": None}
         try:
+            before = Path(record["folder"]) / story_files.BEFORE if record.get("segment", 1) > 1 else None
             events = self.run_pipeline(record["upload"], prompt=record["question"], preset=record["preset"],
                                        mode=record["mode"], seed=record["seed"], out_dir=record["folder"], stop=stop,
-                                       reasoning=record["text"], video_name=record["name"] + "-retry")
+                                       reasoning=record["text"], video_name=record["name"] + "-retry", story=before)
             status = "Rendering the video again…"
             for ev in follow(events, again):
                 if again.get("error"):
                     status = refusal(again["error"])
                 elif ev["type"] == "video_frame":
-                    status = f"Rendering step {ev['step'] + 1}/{ev['num_steps']}"
+                    status = step_line(ev, again)
                 elif ev["type"] == "error":
                     status = refusal(ev["message"])
                 elif ev["type"] == "thinking_complete":
@@ -309,15 +376,16 @@ class Page:
             self.runs.finish(record["folder"])
 
     def on_history_select(self, history, evt: gr.SelectData):
-        """Restore a whole run: its input, question, preset, seed, text, video and what was said. A
-        run whose files are gone (the server's budget, or a session idle past its time) leaves the
-        history, in words."""
+        """Restore a whole run (a whole story): its input, question, preset, seed, text, video and what
+        was said. A run whose files are gone (the server's budget, or a session idle past its time)
+        leaves the history, in words."""
         item = history[evt.index] if evt.index < len(history) else None
         if item is None or not self.runs.kept(item["folder"]):
             history = [h for h in history if h is not item and self.runs.kept(h["folder"])]
-            return (*(gr.skip(),) * 9, refusal(GONE), gr.skip(), history, gallery_of(history))
-        return (item["input"], item["question"], item["preset"], item["seed"], False, item["text"],
-                item.get("preview"), item["video"], caption(item), summary(item), item, history, gr.skip())
+            return (*(gr.skip(),) * 9, refusal(GONE), gr.skip(), history, gallery_of(history), gr.skip())
+        return (item["input"], item["question"], item["preset"], item["seed"], False, shown_text(item),
+                item.get("preview"), item["video"], caption(item), summary(item), item, history, gr.skip(),
+                gr.update(visible=can_go_on(item)))
 
     def on_tick(self, request: gr.Request):
         """The timer's tick while a run is on the way: its place in Gradio's queue, in words."""
@@ -336,13 +404,14 @@ class Page:
             return None, refusal(str(exc))
         return image, "  \n".join(["Ready."] + [f"ℹ️ {note}" for note in notes])
 
-    def predict(self, image, prompt: str = "", preset: str | None = None):
-        """Look at one image, reason about it out loud, and render a short video of what happens next.
+    def predict(self, image=None, prompt: str = "", preset: str | None = None, clip=None):
+        """Look at one image, reason about it out loud, and render a short video of what happens next; or continue a clip.
 
         Args:
-            image: the picture to look at: an http(s) URL or a data: URL of a JPEG, PNG, WebP, GIF, BMP or TIFF
+            image: the picture to look at: an http(s) URL or a data: URL of a JPEG, PNG, WebP, GIF, BMP or TIFF (not used when a clip is given)
             prompt: an optional question about the picture, e.g. "What will the dog do next?"
             preset: the video's size and length: "fast" (256x256, 25 frames, 1.0 s), "default" (512x512, 49 frames, 2.0 s) or "high" (768x768, 65 frames, 2.7 s), all at 24 fps
+            clip: optional, to ask "and then?": an mp4 to continue, such as the clip this tool returned. The model looks at its last frame, the new segment begins with its last frames (9, or 17 at "high"), and the clip returned is the one sent followed by the new frames. Clips up to 20 s, Full HD and 50 MB
         Returns:
             the model's reasoning, whose first line is its prediction of what happens next
             the clip's last preview frame (a JPEG)
@@ -350,11 +419,29 @@ class Page:
         """
         record = {}
         for _ in self.stream(image, prompt, preset or self.default_preset, "auto", random.randrange(2**31),
-                             threading.Event(), record, storage.API_OWNER):
+                             threading.Event(), record, storage.API_OWNER, clip=clip or None):
             if record.get("error"):
                 log.info("refused an API input: %s", record["error"])
                 raise gr.Error(record["error"], print_exception=False)
             yield record["text"], record["preview"], record["video"]
+
+
+def page_updates(events, record: dict, stop: threading.Event):
+    """A run's events as the page's outputs: (thinking, preview, video, caption, status, record)."""
+    status = "Thinking…"
+    for ev in events:
+        if record.get("error"):
+            log.info("a run ended without running: %s", record["error"])
+            status = refusal(record["error"])
+        elif ev["type"] == "thinking_start":
+            status = f"Thinking… · {record['size']}"
+            if record["segment"] > 1:
+                status = f"Segment {record['segment']} of at most {MAX_SEGMENTS} · thinking… · {record['size']}"
+        elif ev["type"] == "video_frame":
+            status = "Stopping…" if stop.is_set() else step_line(ev, record)
+        elif ev["type"] == "thinking_complete":
+            status = summary(record)
+        yield shown_text(record), record["preview"], record["video"], caption(record), status, record
 
 
 def gallery_of(history: list[dict]) -> list[tuple[str, str]]:
@@ -400,7 +487,9 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
                     video = RunVideo(label="What happens next", elem_id="video", autoplay=True, loop=True,
                                      interactive=False, height=360)
                     shown = gr.Markdown("", elem_id="caption")
-                retry = gr.Button("Retry video", visible=False, elem_id="retry")
+                with gr.Row():
+                    retry = gr.Button("Retry video", visible=False, elem_id="retry")
+                    and_then = gr.Button("And then?", visible=False, variant="primary", elem_id="and-then")
                 gallery = gr.Gallery(label="This session's runs", columns=8, height=150, object_fit="cover",
                                      elem_id="history", allow_preview=False)
         # What a session shows is its own until it ends (its tab closed for an hour, or idle past
@@ -412,18 +501,26 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
                            delete_callback=lambda h: page.runs.let_go([item.get("folder") for item in h]))
         timer = gr.Timer(1.0, active=False)
         api_trigger = gr.Button(visible=False)
+        api_clip = gr.File(visible=False, file_types=[".mp4"], type="filepath", label="Clip to continue")
 
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
         private = dict(api_visibility="private", show_progress="hidden")  # the status line says it in words
         ended = dict(fn=page.on_run_end, inputs=[record, history],
-                     outputs=[history, gallery, retry, generate, stop, timer, queue_note, record], **private)
+                     outputs=[history, gallery, retry, and_then, generate, stop, timer, queue_note, record], **private)
         started = generate.click(page.on_generate, outputs=[reasoning, preview, video, shown, status, control, record,
-                                                            generate, stop, retry, timer], queue=False, **private)
+                                                            generate, stop, retry, and_then, timer],
+                                 queue=False, **private)
         generate.click(None, js=SHOW_OUTPUT_ON_PHONES, **private)
         started.then(page.generate, inputs=[image, question, preset, mode, seed, randomize, control],
                      outputs=[reasoning, preview, video, shown, status, record], **gpu_queue, **private).then(**ended)
+        going_on = and_then.click(page.on_and_then, outputs=[preview, video, status, control, generate, stop, retry,
+                                                             and_then, timer], queue=False, **private)
+        and_then.click(None, js=SHOW_OUTPUT_ON_PHONES, **private)
+        going_on.then(page.and_then, inputs=[question, mode, seed, randomize, record, control],
+                      outputs=[reasoning, preview, video, shown, status, record], **gpu_queue, **private).then(**ended)
         stop.click(page.on_stop, inputs=[control], outputs=[status, stop], queue=False, **private)
-        again = retry.click(page.on_retry, outputs=[status, control, generate, stop, retry], queue=False, **private)
+        again = retry.click(page.on_retry, outputs=[status, control, generate, stop, retry, and_then], queue=False,
+                            **private)
         again.then(page.retry_video, inputs=[record, control], outputs=[preview, video, status, record],
                    **gpu_queue, **private).then(**ended)
         timer.tick(page.on_tick, outputs=[queue_note], queue=False, **private)
@@ -431,9 +528,9 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         randomize.change(lambda on: gr.update(interactive=not on), inputs=[randomize], outputs=[seed], **private)
         gallery.select(page.on_history_select, inputs=[history],
                        outputs=[image, question, preset, seed, randomize, reasoning, preview, video, shown, status,
-                                record, history, gallery], **private)
+                                record, history, gallery, and_then], **private)
         gallery.select(None, js=SHOW_OUTPUT_ON_PHONES, **private)
-        api_trigger.click(page.predict, inputs=[image, question, preset], outputs=[reasoning, preview, video],
+        api_trigger.click(page.predict, inputs=[image, question, preset, api_clip], outputs=[reasoning, preview, video],
                           api_name="predict", **gpu_queue)
     page.demo = demo
     return demo

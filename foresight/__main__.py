@@ -37,9 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     predict = commands.add_parser("predict", help="think about one image and render what happens next")
-    predict.add_argument("image")
+    predict.add_argument("image", nargs="?", default=None, help="the image (not with --continue)")
+    predict.add_argument("--continue", dest="story", default=None, metavar="RUN_DIR_OR_MP4",
+                         help="and then? continue a story: an mp4 this command made (its record beside it), a folder "
+                              "holding one, or any mp4 (then its last frames, and no earlier text)")
     predict.add_argument("--prompt", default="", help="an optional question about the image")
-    predict.add_argument("--preset", choices=list(PRESETS), default="default")
+    predict.add_argument("--preset", choices=list(PRESETS), default=None,
+                         help="default: default, or the story's when continuing one")
     predict.add_argument("--mode", choices=["fused", "text"], default=None,
                          help="conditioning mode (default: fused when bridge weights are present, else text)")
     predict.add_argument("--seed", type=int, default=None)
@@ -133,8 +137,12 @@ def run_command(args) -> int:
     from foresight.profiles import load, make_settings
 
     if args.command == "predict":
+        if (args.image is None) == (args.story is None):
+            print("error: give an image, or --continue a story, not both", file=sys.stderr)
+            return 2
         try:  # refuse a bad image, from its header, before loading any model
-            check_upload(args.image)
+            if args.image is not None:
+                check_upload(args.image)
         except InputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -185,20 +193,25 @@ def run_command(args) -> int:
 
 def predict_command(models, args) -> int:
     from foresight.pipeline import ForesightPipeline
+    from foresight.story import locate
     from foresight.trace import write_trace
 
     pipe = ForesightPipeline(models)
+    story, clip = locate(args.story) if args.story else (None, None)
     events_log = open(args.events, "w") if args.events else None
     status = 0
     try:
         for ev in pipe(args.image, prompt=args.prompt, preset=args.preset, mode=args.mode, seed=args.seed,
-                       out_dir=args.out):
+                       out_dir=args.out, story=story, clip=clip):
             if events_log:
                 events_log.write(json.dumps(ev) + "\n")
                 events_log.flush()
             if ev["type"] == "thinking_start":
                 for note in ev["input_notes"]:
                     log(f"[foresight] {note}")
+                if ev["segment"] > 1:
+                    log(f"[foresight] segment {ev['segment']} of at most {ev['max_segments']}, from the story's last "
+                        f"{ev['condition_frames']} frames; seed {ev['seed']}")
             elif ev["type"] == "text_chunk":
                 print(ev["content"], end="", flush=True)
             elif ev["type"] == "error":
@@ -207,11 +220,12 @@ def predict_command(models, args) -> int:
             elif ev["type"] == "thinking_complete":
                 print()
                 if ev["video_url"]:
-                    log(f"video: {Path(ev['video_url'])}")
+                    log(f"video: {Path(ev['video_url'])} (and then? `python -m foresight predict --continue "
+                        f"{Path(ev['video_url'])}`)")
                 log(f"mode {ev['mode']}, seed {ev['seed']}; first token {_secs(ev['ttft'])}, "
                     f"first preview {_secs(ev['first_frame'])}, video ready {_secs(ev['video_ready'])}")
                 if args.trace:
-                    title = f"{Path(args.image).name} · {args.preset} · {ev['mode']} · {models.settings.profile}"
+                    title = f"{Path(args.image or args.story).name} · {ev['preset']} · {ev['mode']} · {models.settings.profile}"
                     _, png = write_trace(args.trace, "timeline", ev, title)
                     log(f"timeline: {png}")
     finally:

@@ -277,7 +277,8 @@ def read_clip(source, fps: int) -> Iterator[Image.Image]:
                                  f"{CLIP_LIMITS}.")
             if container.duration is not None and container.duration / av.time_base > MAX_CLIP_SECONDS + 1:
                 raise InputError(f"That clip is {container.duration / av.time_base:.0f} s long; {CLIP_LIMITS}.")
-            yield from _resampled(_decoded(container, stream, unreadable), fps)
+            span = 1 / float(stream.average_rate) if stream.average_rate else 1 / fps
+            yield from _resampled(_decoded(container, stream, unreadable), fps, span)
 
 
 def _decoded(container, stream, unreadable: str) -> Iterator[tuple[float, object]]:
@@ -294,8 +295,10 @@ def _decoded(container, stream, unreadable: str) -> Iterator[tuple[float, object
         raise InputError(unreadable) from exc
 
 
-def _resampled(frames: Iterator[tuple[float, object]], fps: int) -> Iterator[Image.Image]:
-    slot, previous = 0, None
+def _resampled(frames: Iterator[tuple[float, object]], fps: int, span: float) -> Iterator[Image.Image]:
+    """Moments k/fps each showing the latest frame at or before them, until the last frame's end
+    (its time + `span`, the source's frame interval); at least one."""
+    slot, previous, moment = 0, None, 0.0
     for moment, frame in frames:
         while previous is not None and slot / fps < moment - 1e-4:  # the moments before this frame
             yield previous
@@ -303,4 +306,6 @@ def _resampled(frames: Iterator[tuple[float, object]], fps: int) -> Iterator[Ima
         previous = frame.to_image()
     if previous is None:
         raise InputError("That clip holds no frames.")
-    yield previous
+    while slot == 0 or slot / fps < moment + span - 1e-4:
+        yield previous
+        slot += 1

@@ -112,11 +112,20 @@ def carry(story: Story, out_dir: Path) -> Story:
         return story
     before.mkdir(parents=True, exist_ok=True)
     for source in (record_path(story.video), tail_path(story.video), story.video):
-        try:
-            os.link(source, before / source.name)
-        except OSError:
-            shutil.copyfile(source, before / source.name)
+        link_or_copy(source, before / source.name)
     return load(before / story.video.name)
+
+
+def link_or_copy(source: Path, target: Path) -> Path:
+    """`target` as a hard link to `source` (no bytes copied; either name may then be deleted), or a
+    copy where links cannot be made (another file system)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        pass
+    except OSError:
+        shutil.copyfile(source, target)
+    return target
 
 
 def import_clip(clip: str | Path, out_dir: Path, preset: Preset) -> Story:

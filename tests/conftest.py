@@ -69,3 +69,17 @@ def frames_of(events):
 
     return [np.asarray(decode_frame(ev), dtype=np.int16) for ev in events
             if ev["type"] == "video_frame" and ev["kind"] == "frame"]
+
+
+def inject_out_of_memory(models, times: int):
+    """The transformer's first `times` forwards raise CUDA's out-of-memory error (a hook; remove it)."""
+    import torch
+
+    calls = {"n": 0}
+
+    def out_of_memory(module, args, output):
+        calls["n"] += 1
+        if calls["n"] <= times:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    return models.video_pipeline.transformer.register_forward_hook(out_of_memory)

@@ -9,13 +9,12 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
 
 from foresight.config import PRESETS
 from foresight.events import decode_frame
 from foresight.pipeline import ForesightPipeline
 
-from conftest import frames_of, run_events, stop_at_first_preview
+from conftest import frames_of, inject_out_of_memory, run_events, stop_at_first_preview
 
 
 def types(events):
@@ -150,17 +149,6 @@ def test_a_failing_video_stage_keeps_the_text(models, pipe, photo, tmp_path):
     end = events[-1]
     assert end["type"] == "thinking_complete" and end["text"] and end["video_url"] is None
     assert list(tmp_path.iterdir()) == [], "no partial mp4"
-
-
-def inject_out_of_memory(models, times: int):
-    calls = {"n": 0}
-
-    def out_of_memory(module, args, output):
-        calls["n"] += 1
-        if calls["n"] <= times:
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-
-    return models.video_pipeline.transformer.register_forward_hook(out_of_memory)
 
 
 def test_out_of_memory_steps_down_one_preset_at_a_time(models, pipe, photo, tmp_path):
