@@ -411,7 +411,7 @@ class Page:
             image: the picture to look at: an http(s) URL or a data: URL of a JPEG, PNG, WebP, GIF, BMP or TIFF (not used when a clip is given)
             prompt: an optional question about the picture, e.g. "What will the dog do next?"
             preset: the video's size and length: "fast" (256x256, 25 frames, 1.0 s), "default" (512x512, 49 frames, 2.0 s) or "high" (768x768, 65 frames, 2.7 s), all at 24 fps
-            clip: optional, to ask "and then?": an mp4 to continue, such as the clip this tool returned. The model looks at its last frame, the new segment begins with its last frames (9, or 17 at "high"), and the clip returned is the one sent followed by the new frames. Clips up to 20 s, Full HD and 50 MB
+            clip: optional, to ask "and then?": an mp4 to continue, such as the clip this tool returned. The model looks at its last frame, the new segment begins with its last frames (9, or 17 at "high"), and the clip returned is the one sent followed by the new frames. Clips up to 20 s and Full HD
         Returns:
             the model's reasoning, whose first line is its prediction of what happens next
             the clip's last preview frame (a JPEG)

@@ -2,7 +2,9 @@
 
 Each run goes through ForesightPipeline exactly as the app drives it. Per preset and mode it
 reports the median and range over runs of: first text, first preview, mp4 ready, text tokens/s
-while the video renders and alone, the time to write the mp4, and peak GPU memory. Variants
+while the video renders and alone, the condition's VAE encode, the time to write the mp4, and
+peak GPU memory; then the same for a continuation ("and then", a row of its own): the next
+segment of a story the preset made, conditioned on its last frames and joined to its mp4. Variants
 (decode, schedule, text pace, preview cadence) each get their own pipeline on the same loaded
 models. `--trace DIR` writes one run's timeline per preset, mode and variant.
 """
@@ -39,6 +41,7 @@ METRICS = [  # key, label, unit
     ("tok_s_alone", "text alone", "tok/s"),
     ("step_s", "a denoising step", "s"),
     ("step_s_alone", "a step, video alone", "s"),
+    ("encode_s", "condition encode", "s"),
     ("mp4_write", "mp4 writing", "s"),
     ("peak_gib", "peak GPU memory", "GiB"),
 ]
@@ -57,6 +60,8 @@ def run_metrics(events: list[dict]) -> dict:
         if len(inside) >= 2 and inside[-1] > inside[0]:
             metrics["tok_s_with_video"] = (len(inside) - 1) / (inside[-1] - inside[0])
     metrics["step_s"] = step_seconds(end)
+    encode = [span["end"] - span["start"] for span in end["spans"] if span["name"] == "encode image"]
+    metrics["encode_s"] = encode[0] if encode else None
     return metrics
 
 
@@ -228,10 +233,27 @@ def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EX
                 sample.update(tok_s_alone=speed, step_s_alone=step)
             mode_ran = events[-1]["mode"]
             results[f"{preset}/{mode_ran}"] = summarize(samples)
+            results[f"{preset}/{mode_ran} · and then"] = summarize(
+                and_then(pipe, events[-1]["video_url"], preset, mode, runs, Path(scratch)))
             if trace_dir:
                 name = re.sub(r"[^A-Za-z0-9.]+", "-", f"{preset}-{mode_ran}-{label}").strip("-")
                 write_trace(trace_dir, name, events[-1], f"{preset} · {mode_ran} · {label} · {machine()}")
     return results
+
+
+def and_then(pipe, story: str, preset: str, mode: str | None, runs: int, scratch: Path) -> list[dict]:
+    """The next segment of `story`, `runs` times (the first runs warmed up what it shares with them):
+    its metrics, peak memory included."""
+    cuda, samples = torch.cuda.is_available(), []
+    for seed in range(runs):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        events = list(pipe(story=story, preset=preset, mode=mode, seed=seed, out_dir=scratch / f"then{seed}"))
+        metrics = run_metrics(events)
+        metrics["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        samples.append(metrics)
+    return samples
 
 
 def variants(settings, decodes, schedules, paces, previews, compiles=(False,), earlies=(False,), graphs=(False,)) \

@@ -6,15 +6,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from foresight.config import PRESETS
+from foresight.config import MAX_SEGMENTS, PRESETS
+from foresight.inputs import MAX_CLIP_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = str(ROOT / "examples" / "cat.jpg")
@@ -99,6 +102,20 @@ def test_predict_streams_text_then_previews_then_the_video(client):
     assert re.fullmatch(r"cat-seed\d+\.mp4", Path(video).name), "the download is named after the input and seed"
 
 
+def test_predict_continues_a_clip_and_refuses_one_over_its_budget_in_words(client, tmp_path):
+    """And then? through the API: the clip it returned, sent back, comes back longer by a segment."""
+    _, _, first = client.predict(handle_file(EXAMPLE), "", "fast", api_name="/predict")
+    theirs = tmp_path / "theirs.mp4"  # as a client keeps it, under its own name
+    theirs.write_bytes(Path(first).read_bytes())
+    text, _, story = client.predict(None, "And then?", "fast", handle_file(str(theirs)), api_name="/predict")
+    added = PRESETS["fast"].num_frames - PRESETS["fast"].condition_frames
+    assert text and iio.imread(story, plugin="FFMPEG").shape[0] == FAST_FRAMES + added
+    long = tmp_path / "long.mp4"
+    iio.imwrite(long, np.zeros(((MAX_CLIP_SECONDS + 2) * 8, 32, 32, 3), np.uint8), fps=8, plugin="FFMPEG")
+    with pytest.raises(Exception, match=f"That clip is 22 s long; clips up to {MAX_CLIP_SECONDS} s"):
+        client.predict(None, "", "fast", handle_file(str(long)), api_name="/predict")
+
+
 def test_the_console_at_start_up_is_one_line_per_model_and_then_where_to_go(server):
     lines = server["log"].read_text().splitlines()
     ready = next(i for i, line in enumerate(lines) if line.startswith("[foresight] ready in "))
@@ -131,7 +148,10 @@ def test_predict_is_a_tool_an_agent_can_call(server):
             in described
     assert f"all at {PRESETS['fast'].fps} fps" in described
     assert len({preset.fps for preset in PRESETS.values()}) == 1
-    assert set(tools[0]["inputSchema"]["properties"]) == {"image", "prompt", "preset"}
+    assert set(tools[0]["inputSchema"]["properties"]) == {"image", "prompt", "preset", "clip"}
+    continued = tools[0]["inputSchema"]["properties"]["clip"]["description"]
+    assert "and then?" in continued and f"up to {MAX_CLIP_SECONDS} s" in continued
+    assert f"({PRESETS['default'].condition_frames}, or {PRESETS['high'].condition_frames} at \"high\")" in continued
     image = "data:image/jpeg;base64," + base64.b64encode(Path(EXAMPLE).read_bytes()).decode()  # no URL to fetch
 
     async def call():
@@ -483,5 +503,80 @@ def test_a_failed_video_keeps_the_text_and_retry_renders_it(models, pipe, tmp_pa
         assert all(set(session.blocks_config.blocks) <= set(demo.blocks) for session in sessions), \
             "no component made for an update outlives its run (Gradio keeps them per session)"
     finally:
+        handle.remove()
+        demo.close()
+
+
+def frames_at(url: str, tmp_path: Path) -> int:
+    """The frame count of the mp4 a page's video element plays, fetched as the browser fetches it."""
+    import urllib.request
+
+    local = tmp_path / f"{abs(hash(url))}.mp4"
+    local.write_bytes(urllib.request.urlopen(url, timeout=30).read())
+    return iio.imread(local, plugin="FFMPEG").shape[0]
+
+
+@needs_chromium
+def test_and_then_goes_on_with_the_story_stop_keeps_it_and_history_restores_it(models, pipe, tmp_path):
+    """In-process, so a step can be held (a gate on the real transformer) until Stop has been pressed."""
+    import app
+    from playwright import sync_api as playwright
+
+    demo = app.build_demo(pipe, default_preset="fast")
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    gate = {"armed": False, "open": threading.Event(), "steps": 0}
+
+    def hold_the_second_step(module, args):
+        if gate["armed"]:
+            gate["steps"] += 1
+            if gate["steps"] == 2:
+                gate["open"].wait(30)
+
+    handle = models.video_pipeline.transformer.register_forward_pre_hook(hold_the_second_step)
+    added = PRESETS["fast"].num_frames - PRESETS["fast"].condition_frames
+    try:
+        with playwright.sync_playwright() as p:
+            browser = launch_chromium(p)
+            page = open_page(browser, f"http://127.0.0.1:{port}")
+            upload(page, EXAMPLE)
+            assert page.locator("#and-then").is_hidden()
+            generate(page)
+            page.wait_for_selector("#and-then", state="visible", timeout=10_000)
+            first_text, first_src = page.input_value("#reasoning textarea"), page.get_attribute("#video video", "src")
+
+            page.click("#and-then")
+            wait_status(page, f"Segment 2 of at most {MAX_SEGMENTS}")
+            wait_idle(page)
+            page.wait_for_selector("#and-then", state="visible", timeout=10_000)
+            story_text, story_src = page.input_value("#reasoning textarea"), page.get_attribute("#video video", "src")
+            assert story_src != first_src and frames_at(story_src, tmp_path) == FAST_FRAMES + added
+            assert story_text.startswith(first_text + app.AND_THEN) and len(story_text) > len(first_text + app.AND_THEN)
+            assert f"segment 2 of at most {MAX_SEGMENTS}" in status(page)
+            assert page.locator("#history img").count() == 1, "a story is one entry"
+
+            gate["armed"] = True
+            page.click("#and-then")
+            wait_status(page, f"Segment 3 of at most {MAX_SEGMENTS} · step 1/")
+            page.click("#stop")
+            wait_status(page, "Stopping", timeout=5_000)
+            gate["open"].set()
+            wait_idle(page)
+            assert "the story so far is kept" in status(page)
+            assert page.get_attribute("#video video", "src") == story_src
+            assert frames_at(story_src, tmp_path) == FAST_FRAMES + added, "still served, whole"
+            assert page.input_value("#reasoning textarea") == story_text
+            gate["armed"] = False
+
+            generate(page)
+            page.wait_for_function("document.querySelectorAll('#history img').length == 2", timeout=30_000)
+            page.locator("#history img").nth(1).click()
+            page.wait_for_function(f"document.querySelector('#reasoning textarea').value == {story_text!r}",
+                                   timeout=30_000)
+            assert page.get_attribute("#video video", "src") == story_src
+            page.wait_for_selector("#and-then", state="visible", timeout=10_000)
+            browser.close()
+    finally:
+        gate["open"].set()
         handle.remove()
         demo.close()

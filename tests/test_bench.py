@@ -19,6 +19,9 @@ def test_bench_measures_the_timeline_through_the_pipeline(pipe, photo, tmp_path)
     for key in ("ttft", "first_frame", "video_ready", "tok_s_alone", "mp4_write"):
         assert fast[key]["n"] == 2 and fast[key]["min"] <= fast[key]["median"] <= fast[key]["max"], key
     assert fast["ttft"]["median"] < fast["video_ready"]["median"]
+    going_on = results["fast/fused · and then"]  # the next segment of a story the preset made
+    for key in ("ttft", "first_frame", "video_ready", "encode_s", "mp4_write"):
+        assert going_on[key]["n"] == 2, key
     if not torch.cuda.is_available():
         assert fast["peak_gib"] is None
     json.dumps(results)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from foresight.config import PRESETS
+from foresight.config import MAX_SEGMENTS, PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +61,30 @@ def test_predict_refuses_a_bad_image_in_one_line(tmp_path, capsys):
     assert code == 2 and err.strip() == "error: That file could not be read as an image. Try a PNG or JPEG."
 
 
+def test_predict_continue_goes_on_from_its_own_run_or_from_a_bare_mp4(photo, tmp_path, capsys):
+    fast = PRESETS["fast"]
+    added = fast.num_frames - fast.condition_frames
+    photo.save(tmp_path / "some.png")
+    code, _, err = in_process(capsys, "predict", str(tmp_path / "some.png"), "--profile", "tiny", "--preset", "fast",
+                              "--out", str(tmp_path / "a"), "--seed", "1")
+    first = next((tmp_path / "a").glob("*.mp4"))
+    assert code == 0 and f"--continue {first}" in err, "the console says how to go on"
+    code, _, err = in_process(capsys, "predict", "--continue", str(first), "--profile", "tiny",
+                              "--out", str(tmp_path / "b"), "--seed", "2")
+    assert code == 0 and f"segment 2 of at most {MAX_SEGMENTS}, from the story's last 9 frames; seed 2" in err
+    story = next((tmp_path / "b").glob("*.mp4"))
+    assert iio.imread(story, plugin="FFMPEG").shape[0] == fast.num_frames + added
+    (tmp_path / "bare").mkdir()
+    bare = tmp_path / "bare" / "clip.mp4"
+    bare.write_bytes(story.read_bytes())  # no record beside it: a stranger's clip
+    code, _, err = in_process(capsys, "predict", "--continue", str(bare), "--profile", "tiny", "--preset", "fast",
+                              "--out", str(tmp_path / "c"))
+    assert code == 0 and "segment 2 of at most" in err, "a bare clip starts a story of its own"
+    assert iio.imread(next((tmp_path / "c").glob("*.mp4")), plugin="FFMPEG").shape[0] == fast.num_frames + 2 * added
+    code, _, err = in_process(capsys, "predict", str(tmp_path / "some.png"), "--continue", str(first))
+    assert code == 2 and "not both" in err
+
+
 def test_bench_prints_the_table_for_each_variant_and_draws_timelines(tmp_path, capsys):
     code, out, err = in_process(capsys, "bench", "--profile", "tiny", "--preset", "fast", "--runs", "1", "--decode",
                                 "dynamic", "--previews", "1,2", "--mode", "text", "--json",
@@ -69,7 +93,8 @@ def test_bench_prints_the_table_for_each_variant_and_draws_timelines(tmp_path, c
     assert code == 0, err
     rows = [line.split(" | ")[:2] for line in out.splitlines() if line.startswith("| fast/")]
     one, two = "dynamic · shared · pace 0 · previews 1", "dynamic · shared · pace 0 · previews 2"
-    assert rows == [["| fast/text", one], ["| fast/text", two]]  # both modes: tests/test_bench.py
+    assert rows == [["| fast/text", one], ["| fast/text", two], ["| fast/text · and then", one],
+                    ["| fast/text · and then", two]]  # both modes: tests/test_bench.py
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["profile"] == "tiny" and saved["results"][two]["fast/text"]["ttft"]["n"] == 1
     assert len(list((tmp_path / "t").glob("fast-*.png"))) == 2 and len(list((tmp_path / "t").glob("fast-*.json"))) == 2
