@@ -291,7 +291,9 @@ def _decoded(container, stream, unreadable: str) -> Iterator[tuple[float, object
             if count > MAX_CLIP_FRAMES or moment > MAX_CLIP_SECONDS + 1:
                 raise InputError(f"That clip runs past {MAX_CLIP_SECONDS} s; {CLIP_LIMITS}.")
             yield moment, frame
-    except (av.FFmpegError, ValueError) as exc:
+    except InputError:
+        raise
+    except (av.FFmpegError, ValueError) as exc:  # a stream broken midway
         raise InputError(unreadable) from exc
 
 

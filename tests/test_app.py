@@ -580,3 +580,36 @@ def test_and_then_goes_on_with_the_story_stop_keeps_it_and_history_restores_it(m
         gate["open"].set()
         handle.remove()
         demo.close()
+
+
+def test_a_story_through_the_pages_handlers_retry_and_the_limit(pipe, tmp_path):
+    """The page's handlers called as Gradio calls them: a story to its limit, where a stale page's
+    And then? is refused in words and the story stays; Retry video renders a segment again from
+    the story before it."""
+    import app
+
+    class Visitor:
+        session_hash = "visitor"
+
+    page, visitor, added = app.Page(pipe, "fast"), Visitor(), PRESETS["fast"].num_frames - PRESETS["fast"].condition_frames
+
+    def control():
+        return {"stop": threading.Event()}
+
+    *_, record = list(page.generate(EXAMPLE, "", "fast", "auto", 0, True, control(), visitor))[-1]
+    history = page.on_run_end(record, [], visitor)[0]
+    for segment in range(2, MAX_SEGMENTS + 1):
+        *_, status, record = list(page.and_then("", "auto", segment, False, history[0], control(), visitor))[-1]
+        history = page.on_run_end(record, history, visitor)[0]
+        assert f"segment {segment} of at most {MAX_SEGMENTS}" in status and len(history) == 1
+    assert not app.can_go_on(record)
+    story = record["video"]
+    assert iio.imread(story, plugin="FFMPEG").shape[0] == FAST_FRAMES + (MAX_SEGMENTS - 1) * added
+    *_, video, _, status, kept = list(page.and_then("", "auto", 9, False, record, control(), visitor))[-1]
+    assert f"reached its {MAX_SEGMENTS} segments" in status and video == story and kept is record
+
+    *_, status, again = list(page.retry_video(record, control()))[-1]
+    assert again["video"].endswith("-retry.mp4") and f"segment {MAX_SEGMENTS} of at most" in status
+    retried, before = iio.imread(again["video"], plugin="FFMPEG"), iio.imread(story, plugin="FFMPEG")
+    assert retried.shape == before.shape
+    assert np.array_equal(retried[:-added], before[:-added]), "the story before the segment, as it was"
