@@ -644,10 +644,15 @@ class ForesightPipeline:
         return run.request.mp4_path.with_name(run.request.mp4_path.stem + "-part.mp4")
 
     def _prepare(self, run: Run, frames: tuple) -> tuple:
-        """LTX's condition as its authors prepare an image, frame by frame (blur, one H.264 frame): host work."""
+        """LTX's condition as its authors prepare an image, frame by frame (blur, one H.264 frame): host
+        work. A story's 9 or 17 frames are prepared side by side (torch and libx264 let go of the
+        GIL): one by one, 17 frames at `high` outlast Qwen's prefill, which they run beside."""
+        crf = self.models.settings.sampling.condition_crf
         with run.trace.span("host", "condition image", gpu=False):
-            crf = self.models.settings.sampling.condition_crf
-            return tuple(video_stage.prepare_condition(frame, crf) for frame in frames)
+            if len(frames) == 1:
+                return (video_stage.prepare_condition(frames[0], crf),)
+            with ThreadPoolExecutor(min(len(frames), os.cpu_count() or 1), "foresight-prepare") as pool:
+                return tuple(pool.map(lambda frame: video_stage.prepare_condition(frame, crf), frames))
 
     def _see(self, run: Run, image) -> torch.Tensor:
         """DINOv2's patch tokens of the image: it needs no prefill, so with `vision_early` it runs beside it."""
