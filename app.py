@@ -138,7 +138,8 @@ def summary(record: dict) -> str:
         return "Stopped."
     parts = [f"**{record['mode']}** mode", f"seed {record['seed']}", f"rendered at {record['size']}"]
     if record.get("segment", 1) > 1:
-        parts.insert(0, f"segment {record['segment']} of at most {MAX_SEGMENTS} (the story: {record['story_s']:.1f} s)")
+        story = f" (the story: {record['story_s']:.1f} s)" if record.get("video") else ""
+        parts.insert(0, f"segment {record['segment']} of at most {MAX_SEGMENTS}{story}")
     for label, key in (("first text", "ttft"), ("first preview", "first_frame"), ("video", "video_ready")):
         if record.get(key) is not None:
             parts.append(f"{label} {record[key]:.2f} s")
@@ -303,16 +304,18 @@ class Page:
 
     def and_then(self, question, mode, seed, randomize, record, control, request: gr.Request):
         """The story the page shows goes on: Qwen looks at its last frame, LTX renders the next
-        segment from its last frames, and the video becomes the whole story. Stopped or failed,
-        the page shows the story as it was, which is still kept."""
+        segment from its last frames, and the video becomes the whole story. Stopped or refused,
+        the page shows the story as it was, which is still kept; a segment whose video failed keeps
+        its text, and Retry video renders it, as a first run's does."""
         stop = (control or {}).get("stop") or threading.Event()
         seed = random.randrange(2**31) if randomize else int(seed or 0)
         previous, new = record or {}, {}
-        status = "Stopped: the story so far is kept."
-        for *outputs, status, _ in page_updates(self.stream(None, question, None, mode, seed, stop, new,
-                                                            request.session_hash, previous=previous), new, stop):
-            yield (*outputs, status, new)
-        if not new.get("video") and previous.get("video"):  # stopped, refused or failed: the story as it was
+        status = ""
+        for update in page_updates(self.stream(None, question, None, mode, seed, stop, new, request.session_hash,
+                                               previous=previous), new, stop):
+            status = update[4]
+            yield update
+        if (new.get("stopped") or new.get("error")) and previous.get("video"):
             status = "Stopped: the story so far is kept." if new.get("stopped") else status
             yield shown_text(previous), previous.get("preview"), previous["video"], caption(previous), status, previous
 

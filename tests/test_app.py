@@ -582,23 +582,44 @@ def test_and_then_goes_on_with_the_story_stop_keeps_it_and_history_restores_it(m
         demo.close()
 
 
-def test_a_story_through_the_pages_handlers_retry_and_the_limit(pipe, tmp_path):
-    """The page's handlers called as Gradio calls them: a story to its limit, where a stale page's
-    And then? is refused in words and the story stays; Retry video renders a segment again from
-    the story before it."""
+def test_a_story_through_the_pages_handlers_retry_and_the_limit(models, pipe, tmp_path):
+    """The page's handlers called as Gradio calls them: a segment whose video fails keeps its text
+    and Retry video renders it from the story before it; the story goes on to its limit, where a
+    stale page's And then? is refused in words and the story stays."""
     import app
 
     class Visitor:
         session_hash = "visitor"
 
     page, visitor, added = app.Page(pipe, "fast"), Visitor(), PRESETS["fast"].num_frames - PRESETS["fast"].condition_frames
+    failures = {"left": 1}
+
+    def fail_once(module, args, output):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("injected failure")
 
     def control():
         return {"stop": threading.Event()}
 
     *_, record = list(page.generate(EXAMPLE, "", "fast", "auto", 0, True, control(), visitor))[-1]
     history = page.on_run_end(record, [], visitor)[0]
-    for segment in range(2, MAX_SEGMENTS + 1):
+    first = iio.imread(record["video"], plugin="FFMPEG")
+    handle = models.video_pipeline.transformer.register_forward_hook(fail_once)
+    try:
+        text, _, video, _, status, failed = list(page.and_then("", "auto", 2, False, history[0], control(), visitor))[-1]
+    finally:
+        handle.remove()
+    assert video is None and "injected failure" in status and "Retry video" in status and text.endswith(failed["text"])
+    *_, status, record = list(page.retry_video(failed, control()))[-1]
+    history = page.on_run_end(record, history, visitor)[0]
+    assert record["video"].endswith("-retry.mp4") and f"segment 2 of at most {MAX_SEGMENTS}" in status
+    retried = iio.imread(record["video"], plugin="FFMPEG")
+    assert retried.shape[0] == FAST_FRAMES + added and np.array_equal(retried[:FAST_FRAMES], first), \
+        "the segment rendered from the story before it, which opens the mp4 as it was"
+    assert len(history) == 1 and history[0]["video"] == record["video"], "the story is one entry"
+
+    for segment in range(3, MAX_SEGMENTS + 1):
         *_, status, record = list(page.and_then("", "auto", segment, False, history[0], control(), visitor))[-1]
         history = page.on_run_end(record, history, visitor)[0]
         assert f"segment {segment} of at most {MAX_SEGMENTS}" in status and len(history) == 1
@@ -607,9 +628,3 @@ def test_a_story_through_the_pages_handlers_retry_and_the_limit(pipe, tmp_path):
     assert iio.imread(story, plugin="FFMPEG").shape[0] == FAST_FRAMES + (MAX_SEGMENTS - 1) * added
     *_, video, _, status, kept = list(page.and_then("", "auto", 9, False, record, control(), visitor))[-1]
     assert f"reached its {MAX_SEGMENTS} segments" in status and video == story and kept is record
-
-    *_, status, again = list(page.retry_video(record, control()))[-1]
-    assert again["video"].endswith("-retry.mp4") and f"segment {MAX_SEGMENTS} of at most" in status
-    retried, before = iio.imread(again["video"], plugin="FFMPEG"), iio.imread(story, plugin="FFMPEG")
-    assert retried.shape == before.shape
-    assert np.array_equal(retried[:-added], before[:-added]), "the story before the segment, as it was"
