@@ -163,8 +163,10 @@ def step_line(ev: dict, record: dict) -> str:
 
 
 def can_go_on(record: dict) -> bool:
-    """A finished video whose story has room for another segment: "And then?" is offered."""
-    return bool(record.get("video")) and not record.get("video_error") and record.get("segment", 1) < MAX_SEGMENTS
+    """A finished, kept video whose story has room for another segment: "And then?" is offered
+    (`Page.can_go_on` also asks whether its files are still kept)."""
+    return (bool(record.get("video")) and not record.get("video_error") and not record.get("stopped")
+            and record.get("segment", 1) < MAX_SEGMENTS)
 
 
 def waiting_line(ahead: int, seconds: float | None) -> str:
@@ -316,7 +318,10 @@ class Page:
             status = update[4]
             yield update
         if (new.get("stopped") or new.get("error")) and previous.get("video"):
-            status = "Stopped: the story so far is kept." if new.get("stopped") else status
+            if not self.runs.kept(previous.get("folder")):  # the budget took it meanwhile
+                status = refusal(GONE)
+            elif new.get("stopped"):
+                status = "Stopped: the story so far is kept."
             yield shown_text(previous), previous.get("preview"), previous["video"], caption(previous), status, previous
 
     def on_stop(self, control):
@@ -327,7 +332,8 @@ class Page:
 
     def on_run_end(self, record, history, request: gr.Request):
         """The run has ended on the server: unlock Generate, keep it in the history; the session now
-        shows its history and this run, and lets go of the rest."""
+        shows its history and this run, and lets go of the rest. No run is on its way any more
+        (`control` cleared)."""
         try:
             if record.get("video") and self.runs.kept(record.get("folder")):
                 if "input" not in record:
@@ -342,8 +348,8 @@ class Page:
         self.runs.hold(request.session_hash, [*(h["folder"] for h in history), record.get("folder")])
         history = [h for h in history if self.runs.kept(h["folder"])]  # the budget may have taken some
         return (history, gallery_of(history), gr.update(visible=bool(record.get("video_error"))),
-                gr.update(visible=can_go_on(record)), gr.update(interactive=True), gr.update(interactive=False),
-                gr.Timer(active=False), "", record)
+                gr.update(visible=self.can_go_on(record)), gr.update(interactive=True), gr.update(interactive=False),
+                gr.Timer(active=False), "", record, {})
 
     def on_retry(self):
         """Like `on_generate`, but the run's text stays: only its video is rendered again."""
@@ -378,17 +384,21 @@ class Page:
         finally:
             self.runs.finish(record["folder"])
 
-    def on_history_select(self, history, evt: gr.SelectData):
+    def can_go_on(self, record: dict) -> bool:
+        return can_go_on(record) and self.runs.kept(record.get("folder"))
+
+    def on_history_select(self, history, control, evt: gr.SelectData):
         """Restore a whole run (a whole story): its input, question, preset, seed, text, video and what
         was said. A run whose files are gone (the server's budget, or a session idle past its time)
-        leaves the history, in words."""
+        leaves the history, in words. While a run is on its way (`control` holds its Stop), "And
+        then?" stays hidden: it would start a second run beside it."""
         item = history[evt.index] if evt.index < len(history) else None
         if item is None or not self.runs.kept(item["folder"]):
             history = [h for h in history if h is not item and self.runs.kept(h["folder"])]
             return (*(gr.skip(),) * 9, refusal(GONE), gr.skip(), history, gallery_of(history), gr.skip())
         return (item["input"], item["question"], item["preset"], item["seed"], False, shown_text(item),
                 item.get("preview"), item["video"], caption(item), summary(item), item, history, gr.skip(),
-                gr.update(visible=can_go_on(item)))
+                gr.update(visible=self.can_go_on(item) and not (control or {}).get("stop")))
 
     def on_tick(self, request: gr.Request):
         """The timer's tick while a run is on the way: its place in Gradio's queue, in words."""
@@ -414,7 +424,7 @@ class Page:
             image: the picture to look at: an http(s) URL or a data: URL of a JPEG, PNG, WebP, GIF, BMP or TIFF (not used when a clip is given)
             prompt: an optional question about the picture, e.g. "What will the dog do next?"
             preset: the video's size and length: "fast" (256x256, 25 frames, 1.0 s), "default" (512x512, 49 frames, 2.0 s) or "high" (768x768, 65 frames, 2.7 s), all at 24 fps
-            clip: optional, to ask "and then?": an mp4 to continue, such as the clip this tool returned. The model looks at its last frame, the new segment begins with its last frames (9, or 17 at "high"), and the clip returned is the one sent followed by the new frames. Clips up to 20 s and Full HD
+            clip: optional, to ask "and then?": an mp4 to continue, such as the clip this tool returned. The model looks at its last frame, the new segment begins with its last frames (9, or 17 at "high"), and the clip returned is the one sent (at 24 fps and the preset's size) followed by the new frames. Clips up to 20 s and Full HD
         Returns:
             the model's reasoning, whose first line is its prediction of what happens next
             the clip's last preview frame (a JPEG)
@@ -509,7 +519,8 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
         private = dict(api_visibility="private", show_progress="hidden")  # the status line says it in words
         ended = dict(fn=page.on_run_end, inputs=[record, history],
-                     outputs=[history, gallery, retry, and_then, generate, stop, timer, queue_note, record], **private)
+                     outputs=[history, gallery, retry, and_then, generate, stop, timer, queue_note, record, control],
+                     **private)
         started = generate.click(page.on_generate, outputs=[reasoning, preview, video, shown, status, control, record,
                                                             generate, stop, retry, and_then, timer],
                                  queue=False, **private)
@@ -529,7 +540,7 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         timer.tick(page.on_tick, outputs=[queue_note], queue=False, **private)
         image.upload(page.on_upload, inputs=[image], outputs=[image, status], queue=False, **private)
         randomize.change(lambda on: gr.update(interactive=not on), inputs=[randomize], outputs=[seed], **private)
-        gallery.select(page.on_history_select, inputs=[history],
+        gallery.select(page.on_history_select, inputs=[history, control],
                        outputs=[image, question, preset, seed, randomize, reasoning, preview, video, shown, status,
                                 record, history, gallery, and_then], **private)
         gallery.select(None, js=SHOW_OUTPUT_ON_PHONES, **private)

@@ -252,14 +252,16 @@ def crop_and_resize(image: Image.Image, width: int, height: int) -> Image.Image:
 
 
 def read_clip(source, fps: int) -> Iterator[Image.Image]:
-    """An untrusted clip's frames as RGB images, at `fps` (each moment k/fps shows the latest frame
-    at or before it), or InputError: from its header (file size, a video stream, its pixels and
-    stated length), then while decoding (frames, time), so a lying container costs no more."""
+    """An untrusted clip's frames as RGB images, at `fps` (each moment k/fps, from its first frame,
+    shows the latest frame at or before it), or InputError: from its header (file size, a video
+    stream, its pixels and stated length), then while decoding (each frame's pixels, the frames
+    decoded, their times). What the container claims decides nothing: however long its frames say
+    they last, at most MAX_CLIP_SECONDS at `fps` come out."""
     import av
 
     path = Path(source)
     if not path.is_file():
-        raise InputError(f"No clip at {path}.")
+        raise InputError(f"No clip at {path.name}.")
     if path.stat().st_size > MAX_UPLOAD_MB * 2**20:
         raise InputError(f"That clip is {path.stat().st_size / 2**20:.0f} MB; {CLIP_LIMITS}.")
     unreadable = "That file could not be read as a video. Send an mp4 made by Foresight, or another H.264 mp4."
@@ -272,42 +274,51 @@ def read_clip(source, fps: int) -> Iterator[Image.Image]:
             if not container.streams.video:
                 raise InputError(unreadable)
             stream = container.streams.video[0]
-            if stream.codec_context.width * stream.codec_context.height > MAX_CLIP_PIXELS:
-                raise InputError(f"That clip is {stream.codec_context.width}×{stream.codec_context.height}; "
-                                 f"{CLIP_LIMITS}.")
+            _check_pixels(stream.codec_context.width, stream.codec_context.height)
             if container.duration is not None and container.duration / av.time_base > MAX_CLIP_SECONDS + 1:
                 raise InputError(f"That clip is {container.duration / av.time_base:.0f} s long; {CLIP_LIMITS}.")
-            span = 1 / float(stream.average_rate) if stream.average_rate else 1 / fps
+            # The last frame lasts one source frame (its rate, read from the header, is only trusted
+            # to shorten that), so a clip of n frames at rate r comes out n/r seconds long.
+            span = min(1 / float(stream.average_rate), 1 / fps) if stream.average_rate else 1 / fps
             yield from _resampled(_decoded(container, stream, unreadable), fps, span)
 
 
-def _decoded(container, stream, unreadable: str) -> Iterator[tuple[float, object]]:
-    """(time, frame) of a clip's video stream, refused past the clip budget."""
+def _check_pixels(width: int, height: int) -> None:
+    if width * height > MAX_CLIP_PIXELS:
+        raise InputError(f"That clip is {width}×{height}; {CLIP_LIMITS}.")
+
+
+def _decoded(container, stream, unreadable: str) -> Iterator[tuple[float, Image.Image]]:
+    """(seconds since the first frame, the frame) of a clip's video stream, within the clip budget."""
     import av
 
+    start = None
     try:
         for count, frame in enumerate(container.decode(stream), start=1):
-            moment = float(frame.time or 0.0)
+            _check_pixels(frame.width, frame.height)  # a stream may change its size midway
+            start = float(frame.time or 0.0) if start is None else start
+            moment = float(frame.time or 0.0) - start
             if count > MAX_CLIP_FRAMES or moment > MAX_CLIP_SECONDS + 1:
                 raise InputError(f"That clip runs past {MAX_CLIP_SECONDS} s; {CLIP_LIMITS}.")
-            yield moment, frame
+            yield moment, frame.to_image()
     except InputError:
         raise
-    except (av.FFmpegError, ValueError) as exc:  # a stream broken midway
+    except (av.FFmpegError, OSError, ValueError) as exc:  # a stream broken midway
         raise InputError(unreadable) from exc
 
 
-def _resampled(frames: Iterator[tuple[float, object]], fps: int, span: float) -> Iterator[Image.Image]:
+def _resampled(frames: Iterator[tuple[float, Image.Image]], fps: int, span: float) -> Iterator[Image.Image]:
     """Moments k/fps each showing the latest frame at or before them, until the last frame's end
-    (its time + `span`, the source's frame interval); at least one."""
+    (its time + `span`, at most 1/fps); at least one. Bounded by the frames' times, which
+    `_decoded` bounds."""
     slot, previous, moment = 0, None, 0.0
     for moment, frame in frames:
         while previous is not None and slot / fps < moment - 1e-4:  # the moments before this frame
             yield previous
             slot += 1
-        previous = frame.to_image()
+        previous = frame
     if previous is None:
         raise InputError("That clip holds no frames.")
-    while slot == 0 or slot / fps < moment + span - 1e-4:
+    while slot == 0 or slot / fps < moment + span - 1e-4:  # the last frame's own moments
         yield previous
         slot += 1

@@ -51,7 +51,7 @@ from foresight import vlm as vlm_stage
 from foresight.config import MAX_SEGMENTS, PRESETS, SMALLER_PRESET, Preset, run_timeout
 from foresight.events import event
 from foresight.health import DeviceHealth
-from foresight.inputs import InputError, check_question, fit_size, load_image, video_view
+from foresight.inputs import InputError, check_question, crop_and_resize, fit_size, load_image, video_view
 from foresight.media import Mp4Writer, join_mp4, write_jpeg
 from foresight.scheduling import HostCopier, Pacer, use_stream, worker_streams
 from foresight.trace import Trace
@@ -204,10 +204,11 @@ def prediction_from(text: str) -> str:
 
 def fitted(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Frames [F, H, W, 3] at `size` (width, height): a story keeps its first segment's size, and a
-    segment rendered smaller (out of memory) is scaled to it before it is encoded (bicubic)."""
+    segment rendered smaller (out of memory) is fitted to it before it is encoded, as LTX's
+    condition is fitted (centre-cropped to the aspect ratio, bicubic)."""
     if (frames.shape[2], frames.shape[1]) == tuple(size):
         return frames
-    return np.stack([np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BICUBIC)) for frame in frames])
+    return np.stack([np.asarray(crop_and_resize(Image.fromarray(frame), *size)) for frame in frames])
 
 
 def condition_frames(frames: tuple, preset: Preset, notes: list[str] | None = None) -> tuple:
@@ -336,11 +337,18 @@ class ForesightPipeline:
         """The story a continuation goes on from, linked into its own folder (`story.carry`), or a
         bare clip imported there; refused in words when it has all its segments."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        if story is None:
-            return story_stage.import_clip(clip, out_dir, PRESETS[preset or "default"])
-        so_far = story_stage.load(story)
-        so_far.check_room()
-        return story_stage.carry(so_far, out_dir)
+        try:
+            if story is None:
+                return story_stage.import_clip(clip, out_dir, PRESETS[preset or "default"])
+            so_far = story_stage.load(story)
+            so_far.check_room()
+            return story_stage.carry(so_far, out_dir)
+        except InputError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:  # a file gone or broken midway: in words
+            log.warning("could not read the story to continue: %r", exc)
+            raise InputError("That story could not be read, so it cannot go on. Start a new one from an image.") \
+                from exc
 
     # --- the timeline: the only place that decides what happens next ----------------------------
 
@@ -467,7 +475,10 @@ class ForesightPipeline:
     def _completed(self, run: Run) -> dict:
         request = run.request
         if run.video_url and not run.stop.is_set():
-            self._keep_story(run)
+            try:
+                self._keep_story(run)
+            except OSError as exc:  # the run stands; only its story cannot go on
+                log.warning("could not keep the story beside %s: %r", run.video_url, exc)
         return event("thinking_complete", run.now(), text=run.text, video_url=run.video_url,
                      stopped=run.stop.is_set(), mode=request.mode, seed=request.seed, prediction=run.prediction,
                      preset=run.rendering.preset.name if run.rendering else request.preset, **run.moments,

@@ -558,6 +558,9 @@ def test_and_then_goes_on_with_the_story_stop_keeps_it_and_history_restores_it(m
             gate["armed"] = True
             page.click("#and-then")
             wait_status(page, f"Segment 3 of at most {MAX_SEGMENTS} · step 1/")
+            page.locator("#history img").first.click()  # a look back while the segment renders
+            wait_status(page, f"segment 2 of at most {MAX_SEGMENTS}")
+            assert page.locator("#and-then").is_hidden(), "no second run beside the one on its way"
             page.click("#stop")
             wait_status(page, "Stopping", timeout=5_000)
             gate["open"].set()

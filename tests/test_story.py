@@ -16,7 +16,7 @@ from foresight import story as story_files
 from foresight import video as video_stage
 from foresight import vlm as vlm_stage
 from foresight.config import MAX_SEGMENTS, PRESETS, VideoSampling
-from foresight.inputs import MAX_CLIP_FRAMES, MAX_CLIP_SECONDS, crop_and_resize
+from foresight.inputs import MAX_CLIP_FRAMES, MAX_CLIP_SECONDS, crop_and_resize, read_clip
 from foresight.media import Mp4Writer
 from foresight.video import prepare_condition
 
@@ -278,3 +278,20 @@ def test_a_clip_over_its_budget_or_unreadable_is_refused_in_words(pipe, tmp_path
     events, errors = run(pipe, clip=clip, out_dir=tmp_path / "run")
     assert [ev["type"] for ev in events] == ["error"] and said in errors[0]["message"]
     assert not (tmp_path / "run" / story_files.BEFORE).exists()
+
+
+def test_a_clip_whose_container_claims_its_frame_lasts_hours_costs_one_frame(tmp_path):
+    """A 1.2 kB Matroska file named .mp4, one frame at a rate of 1/30000 and no duration: taken at
+    its word it would be 720,000 frames to encode."""
+    import av
+    from fractions import Fraction
+
+    path = tmp_path / "slow.mp4"
+    with av.open(str(path), "w", format="matroska", options={"live": "1"}) as container:
+        stream = container.add_stream("libx264", rate=Fraction(1, 30000))
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")),
+                       *stream.encode()]:
+            container.mux(packet)
+    assert len(list(read_clip(path, FAST.fps))) == 1
