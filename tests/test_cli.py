@@ -115,10 +115,11 @@ def test_check_runs_every_step_and_says_what_random_weights_cannot_show(tmp_path
     assert code == 0, out + err
     report = {row["name"]: row for row in json.loads((tmp_path / "check.json").read_text())}
     for name in ("LTX file type", "LTX file keys", "LTX file config", "LTX VAE padding", "a run without errors",
-                 "text streams", "mp4 decodes to the preset's frames", "previews at the cadence's steps"):
+                 "text streams", "mp4 decodes to the preset's frames", "previews at the cadence's steps",
+                 "And then?: the clip, then the new frames"):
         assert report[name]["status"] == "pass", report[name]
     for name in ("a prediction line ('Next: …')", "first frame close to the input", "frames change over time",
-                 "last preview close to the final frame"):
+                 "last preview close to the final frame", "…flowing on from its last frame"):
         assert report[name]["status"] == "not meaningful with random weights", report[name]
     assert "PSNR" in report["first frame close to the input"]["value"]
     assert "not meaningful with random weights" in out and out.strip().splitlines()[-1].startswith("PASS")
