@@ -248,15 +248,13 @@ class Page:
             record.update(folder=str(folder), upload=upload and str(upload), name=storage.video_name(image_path, seed),
                           question=question or "", preset=preset, seed=seed, text="", notes=[], preview=None,
                           video=None)
-            story = None
-            if previous is not None:
-                story = self._carry_story(previous, folder, record)
-                if story is None:
-                    yield from follow([event("error", 0.0, stage="input", recoverable=True, message=GONE)], record)
-                    return
+            story, refused = self._story_to_continue(previous, clip, preset, folder, record)
+            if refused:
+                yield from follow([event("error", 0.0, stage="input", recoverable=True, message=refused)], record)
+                return
             events = self.run_pipeline(upload, prompt=question or "", preset=preset, seed=seed, stop=stop,
                                        mode=None if mode == "auto" else mode, out_dir=folder, video_name=record["name"],
-                                       story=story, clip=clip)
+                                       story=story)
             yield from follow(events, record)
         finally:
             if events is not None:
@@ -265,6 +263,20 @@ class Page:
                 self.runs.release([folder])
             else:
                 self.runs.finish(folder)
+
+    def _story_to_continue(self, previous, clip, preset, folder: Path, record: dict):
+        """What this run continues, in its own folder: the story the page shows (`_carry_story`), or
+        a bare clip imported under the clip budget, here in the app's process (on ZeroGPU, not on
+        the GPU's time) -> (its mp4 or None, a refusal in words or None)."""
+        if previous is not None:
+            story = self._carry_story(previous, folder, record)
+            return (story, None) if story else (None, GONE)
+        if clip is None:
+            return None, None
+        try:
+            return story_files.import_clip(clip, folder, PRESETS.get(preset, PRESETS["default"])).video, None
+        except InputError as exc:
+            return None, str(exc)
 
     def _carry_story(self, previous: dict, folder: Path, record: dict) -> Path | None:
         """The story `previous` shows, linked into the new run's folder (its input and thumbnail
