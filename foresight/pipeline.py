@@ -595,6 +595,7 @@ class ForesightPipeline:
             mp4 = None
             run.post("video_done", t=run.now(), num_frames=added + (story.num_frames if story else 0),
                      segment_frames=added, fps=preset.fps)
+            self._keep_tail(run, job, frames)
         except video_stage.Stopped:
             pass
         except torch.OutOfMemoryError:
@@ -628,8 +629,8 @@ class ForesightPipeline:
             return video_stage.fused_conditioning(models, patch_tokens, states)
 
     def _write_mp4(self, run: Run, job: VideoJob, frames: torch.Tensor, writer: Mp4Writer) -> int:
-        """The mp4 (its ffmpeg started while the video denoised) and the last frames, lossless, for
-        a continuation; the frames' JPEGs beside it if asked -> the frames this segment added.
+        """The mp4 (its ffmpeg started while the video denoised); the frames' JPEGs beside it if asked
+        -> the frames this segment added.
 
         Continuing a story, the clip's first frames are the story's own last ones: only the frames
         after them are encoded (at the story's size), and joined to the story's mp4 without
@@ -644,11 +645,21 @@ class ForesightPipeline:
             if request.story:
                 join_mp4([request.story.video, writer.path], request.mp4_path)
                 writer.path.unlink()
-            story_stage.save_tail(request.mp4_path, rendered, job.preset.condition_frames)
             run.seconds["mp4"] = time.perf_counter() - started
             if encoding is not None:
                 encoding.result()
         return len(new)
+
+    @staticmethod
+    def _keep_tail(run: Run, job: VideoJob, frames: torch.Tensor) -> None:
+        """The last frames, lossless, for a continuation: after the mp4 is announced, off its path
+        (the run's record, written at its end, follows them). Without them the story cannot go on,
+        but the run stands."""
+        with run.trace.span("host", "last frames", gpu=False):
+            try:
+                story_stage.save_tail(run.request.mp4_path, frames.numpy(), job.preset.condition_frames)
+            except (OSError, RuntimeError) as exc:
+                log.warning("could not keep the last frames beside %s: %r", run.request.mp4_path, exc)
 
     @staticmethod
     def _part_path(run: Run) -> Path:

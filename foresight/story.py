@@ -4,7 +4,7 @@ A story is named by its mp4, which holds all of it. Beside `<name>.mp4` a run th
 
     <name>.story.json  the story so far: its segments (question, text, prediction, mode, preset,
                        seed, the frames each added), its size, rate and frame count
-    <name>.tail.npy    the last segment's last frames, lossless (uint8 [K, H, W, 3]): what a
+    <name>.tail.mkv    the last segment's last frames, lossless (`media.write_lossless`): what a
                        continuation is conditioned on, never frames decoded back from the lossy mp4
     before/            (a continuation) the story it continued, as it was: hard links to that
                        story's three files, so that the earlier run's folder can go, and a retry
@@ -28,10 +28,10 @@ import numpy as np
 
 from foresight.config import MAX_SEGMENTS, Preset
 from foresight.inputs import InputError, fit_size, crop_and_resize, read_clip
-from foresight.media import Mp4Writer
+from foresight.media import Mp4Writer, read_lossless, write_lossless
 
 RECORD = ".story.json"
-TAIL = ".tail.npy"
+TAIL = ".tail.mkv"
 BEFORE = "before"
 
 
@@ -65,7 +65,7 @@ class Story:
 
     def tail(self) -> np.ndarray:
         """The last segment's last frames, as rendered (uint8 [K, H, W, 3])."""
-        return np.load(tail_path(self.video))
+        return read_lossless(tail_path(self.video))
 
     def check_room(self) -> None:
         """InputError, in words, when the story has all its segments."""
@@ -101,7 +101,7 @@ def write(video: Path, segments: list[dict], size: tuple[int, int], fps: int, nu
 
 def save_tail(video: Path, frames: np.ndarray, count: int) -> None:
     """The last `count` frames of the story `video` ends, lossless, for the next segment's conditioning."""
-    np.save(tail_path(video), np.ascontiguousarray(frames[-count:]))
+    write_lossless(frames[-count:], tail_path(video))
 
 
 def carry(story: Story, out_dir: Path) -> Story:

@@ -14,7 +14,7 @@ from foresight.pipeline import ForesightPipeline
 from conftest import with_settings
 from test_app import EXAMPLE, free_port, launch_chromium, needs_chromium, open_page, status, upload, wait_idle
 
-RUNS_MAX_MB = 3.5  # one browser run at `fast` (about 2.5 MB, its last frames included) fits; a second pushes it out
+RUNS_MAX_MB = 4.5  # one browser run at `fast` (about 3.2 MB, its noise-like last frames included) fits; two do not
 
 
 @pytest.fixture(scope="module")
