@@ -558,8 +558,10 @@ def test_and_then_goes_on_with_the_story_stop_keeps_it_and_history_restores_it(m
             gate["armed"] = True
             page.click("#and-then")
             wait_status(page, f"Segment 3 of at most {MAX_SEGMENTS} · step 1/")
+            page.get_by_text("Options", exact=True).click()
             page.locator("#history img").first.click()  # a look back while the segment renders
-            wait_status(page, f"segment 2 of at most {MAX_SEGMENTS}")
+            # The restore unticks "Randomize seed" (the stream's own updates may overwrite the rest).
+            page.wait_for_function("!document.querySelector('#randomize input').checked", timeout=30_000)
             assert page.locator("#and-then").is_hidden(), "no second run beside the one on its way"
             page.click("#stop")
             wait_status(page, "Stopping", timeout=5_000)
