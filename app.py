@@ -458,14 +458,16 @@ def page_updates(events, record: dict, stop: threading.Event):
         if record.get("error"):
             log.info("a run ended without running: %s", record["error"])
             status = refusal(record["error"])
+        elif ev["type"] == "thinking_complete":
+            status = summary(record)
+        elif stop.is_set():  # whatever still streams in, Stop was pressed
+            status = "Stopping…"
         elif ev["type"] == "thinking_start":
             status = f"Thinking… · {record['size']}"
             if record["segment"] > 1:
                 status = f"Segment {record['segment']} of at most {MAX_SEGMENTS} · thinking… · {record['size']}"
         elif ev["type"] == "video_frame":
-            status = "Stopping…" if stop.is_set() else step_line(ev, record)
-        elif ev["type"] == "thinking_complete":
-            status = summary(record)
+            status = step_line(ev, record)
         yield shown_text(record), record["preview"], record["video"], caption(record), status, record
 
 
