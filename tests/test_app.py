@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from foresight.config import MAX_SEGMENTS, PRESETS
+from foresight.config import PRESETS
 from foresight.inputs import MAX_CLIP_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -506,130 +505,3 @@ def test_a_failed_video_keeps_the_text_and_retry_renders_it(models, pipe, tmp_pa
         handle.remove()
         demo.close()
 
-
-def frames_at(url: str, tmp_path: Path) -> int:
-    """The frame count of the mp4 a page's video element plays, fetched as the browser fetches it."""
-    import urllib.request
-
-    local = tmp_path / f"{abs(hash(url))}.mp4"
-    local.write_bytes(urllib.request.urlopen(url, timeout=30).read())
-    return iio.imread(local, plugin="FFMPEG").shape[0]
-
-
-@needs_chromium
-def test_and_then_goes_on_with_the_story_stop_keeps_it_and_history_restores_it(models, pipe, tmp_path):
-    """In-process, so a step can be held (a gate on the real transformer) until Stop has been pressed."""
-    import app
-    from playwright import sync_api as playwright
-
-    demo = app.build_demo(pipe, default_preset="fast")
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
-    gate = {"armed": False, "open": threading.Event(), "steps": 0}
-
-    def hold_the_second_step(module, args):
-        if gate["armed"]:
-            gate["steps"] += 1
-            if gate["steps"] == 2:
-                gate["open"].wait(30)
-
-    handle = models.video_pipeline.transformer.register_forward_pre_hook(hold_the_second_step)
-    added = PRESETS["fast"].num_frames - PRESETS["fast"].condition_frames
-    try:
-        with playwright.sync_playwright() as p:
-            browser = launch_chromium(p)
-            page = open_page(browser, f"http://127.0.0.1:{port}")
-            upload(page, EXAMPLE)
-            assert page.locator("#and-then").is_hidden()
-            generate(page)
-            page.wait_for_selector("#and-then", state="visible", timeout=10_000)
-            first_text, first_src = page.input_value("#reasoning textarea"), page.get_attribute("#video video", "src")
-
-            page.click("#and-then")
-            wait_status(page, f"Segment 2 of at most {MAX_SEGMENTS}")
-            wait_idle(page)
-            page.wait_for_selector("#and-then", state="visible", timeout=10_000)
-            story_text, story_src = page.input_value("#reasoning textarea"), page.get_attribute("#video video", "src")
-            assert story_src != first_src and frames_at(story_src, tmp_path) == FAST_FRAMES + added
-            assert story_text.startswith(first_text + app.AND_THEN) and len(story_text) > len(first_text + app.AND_THEN)
-            assert f"segment 2 of at most {MAX_SEGMENTS}" in status(page)
-            assert page.locator("#history img").count() == 1, "a story is one entry"
-
-            gate["armed"] = True
-            page.click("#and-then")
-            wait_status(page, f"Segment 3 of at most {MAX_SEGMENTS} · step 1/")
-            page.get_by_text("Options", exact=True).click()
-            page.locator("#history img").first.click()  # a look back while the segment renders
-            # The restore unticks "Randomize seed" (the stream's own updates may overwrite the rest).
-            page.wait_for_function("!document.querySelector('#randomize input').checked", timeout=30_000)
-            assert page.locator("#and-then").is_hidden(), "no second run beside the one on its way"
-            page.click("#stop")
-            wait_status(page, "Stopping", timeout=5_000)
-            gate["open"].set()
-            wait_idle(page)
-            assert "the story so far is kept" in status(page)
-            assert page.get_attribute("#video video", "src") == story_src
-            assert frames_at(story_src, tmp_path) == FAST_FRAMES + added, "still served, whole"
-            assert page.input_value("#reasoning textarea") == story_text
-            gate["armed"] = False
-
-            generate(page)
-            page.wait_for_function("document.querySelectorAll('#history img').length == 2", timeout=30_000)
-            page.locator("#history img").nth(1).click()
-            page.wait_for_function(f"document.querySelector('#reasoning textarea').value == {story_text!r}",
-                                   timeout=30_000)
-            assert page.get_attribute("#video video", "src") == story_src
-            page.wait_for_selector("#and-then", state="visible", timeout=10_000)
-            browser.close()
-    finally:
-        gate["open"].set()
-        handle.remove()
-        demo.close()
-
-
-def test_a_story_through_the_pages_handlers_retry_and_the_limit(models, pipe, tmp_path):
-    """The page's handlers called as Gradio calls them: a segment whose video fails keeps its text
-    and Retry video renders it from the story before it; the story goes on to its limit, where a
-    stale page's And then? is refused in words and the story stays."""
-    import app
-
-    class Visitor:
-        session_hash = "visitor"
-
-    page, visitor, added = app.Page(pipe, "fast"), Visitor(), PRESETS["fast"].num_frames - PRESETS["fast"].condition_frames
-    failures = {"left": 1}
-
-    def fail_once(module, args, output):
-        if failures["left"]:
-            failures["left"] -= 1
-            raise RuntimeError("injected failure")
-
-    def control():
-        return {"stop": threading.Event()}
-
-    *_, record = list(page.generate(EXAMPLE, "", "fast", "auto", 0, True, control(), visitor))[-1]
-    history = page.on_run_end(record, [], visitor)[0]
-    first = iio.imread(record["video"], plugin="FFMPEG")
-    handle = models.video_pipeline.transformer.register_forward_hook(fail_once)
-    try:
-        text, _, video, _, status, failed = list(page.and_then("", "auto", 2, False, history[0], control(), visitor))[-1]
-    finally:
-        handle.remove()
-    assert video is None and "injected failure" in status and "Retry video" in status and text.endswith(failed["text"])
-    *_, status, record = list(page.retry_video(failed, control()))[-1]
-    history = page.on_run_end(record, history, visitor)[0]
-    assert record["video"].endswith("-retry.mp4") and f"segment 2 of at most {MAX_SEGMENTS}" in status
-    retried = iio.imread(record["video"], plugin="FFMPEG")
-    assert retried.shape[0] == FAST_FRAMES + added and np.array_equal(retried[:FAST_FRAMES], first), \
-        "the segment rendered from the story before it, which opens the mp4 as it was"
-    assert len(history) == 1 and history[0]["video"] == record["video"], "the story is one entry"
-
-    for segment in range(3, MAX_SEGMENTS + 1):
-        *_, status, record = list(page.and_then("", "auto", segment, False, history[0], control(), visitor))[-1]
-        history = page.on_run_end(record, history, visitor)[0]
-        assert f"segment {segment} of at most {MAX_SEGMENTS}" in status and len(history) == 1
-    assert not app.can_go_on(record)
-    story = record["video"]
-    assert iio.imread(story, plugin="FFMPEG").shape[0] == FAST_FRAMES + (MAX_SEGMENTS - 1) * added
-    *_, video, _, status, kept = list(page.and_then("", "auto", 9, False, record, control(), visitor))[-1]
-    assert f"reached its {MAX_SEGMENTS} segments" in status and video == story and kept is record

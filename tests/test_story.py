@@ -10,7 +10,6 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import inject_out_of_memory
 
 from foresight import story as story_files
 from foresight import video as video_stage
@@ -19,6 +18,8 @@ from foresight.config import MAX_SEGMENTS, PRESETS, VideoSampling
 from foresight.inputs import MAX_CLIP_FRAMES, MAX_CLIP_SECONDS, crop_and_resize, read_clip
 from foresight.media import Mp4Writer
 from foresight.video import prepare_condition
+
+from conftest import inject_out_of_memory
 
 FAST = PRESETS["fast"]
 NEW_FRAMES = FAST.num_frames - FAST.condition_frames  # what a fast continuation adds
@@ -104,7 +105,7 @@ def test_the_new_segment_begins_with_the_storys_last_frames_held_at_their_encodi
     assert not errors and events[0]["segment"] == 2 and events[0]["condition_frames"] == FAST.condition_frames
 
     story = story_files.load(first)
-    prepared = [prepare_condition(crop_and_resize(Image_of(frame), story.width, story.height), sampling.condition_crf)
+    prepared = [prepare_condition(crop_and_resize(as_image(frame), story.width, story.height), sampling.condition_crf)
                 for frame in story.tail()]
     expected_pixels = pipeline.video_processor.preprocess_video(prepared, story.height, story.width)
     assert len(encoded) == 1, "one encode: the conditioning frames"
@@ -126,7 +127,7 @@ def test_the_new_segment_begins_with_the_storys_last_frames_held_at_their_encodi
     assert rest.abs().mean() > 3 * difference.mean(), "the frames after them are the model's own"
 
 
-def Image_of(rgb):
+def as_image(rgb):
     from PIL import Image
 
     return Image.fromarray(rgb)
