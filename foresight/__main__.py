@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--app", default=None, metavar="URL",
                        help="time a running app (python app.py, a Space, a share link) as its client sees it, "
                             "instead of the pipeline in this process")
+    bench.add_argument("--no-and-then", action="store_true",
+                       help="first runs only: no \"and then\" row (the next segment of each row's story)")
     bench.add_argument("--json", default=None, help="write the results here as JSON")
 
     train = commands.add_parser("train", help="train the bridge on a folder of images or clips")

@@ -209,8 +209,9 @@ def profile_first_token(models, image, path: Path) -> Path:
 
 
 def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EXAMPLE,
-          trace_dir: str | Path | None = None, label: str = "") -> dict:
-    """{"preset/mode": summary} for one pipeline; one uncounted run per preset and mode first."""
+          trace_dir: str | Path | None = None, label: str = "", and_then: bool = True) -> dict:
+    """{"preset/mode": summary} for one pipeline; one uncounted run per preset and mode first; with
+    `and_then`, a "preset/mode · and then" row too: the next segment of the story the row made."""
     cuda = torch.cuda.is_available()
     results: dict[str, dict] = {}
     alone: dict[str, list[float]] = {}  # text alone does not depend on the mode: measured once per preset
@@ -233,15 +234,16 @@ def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EX
                 sample.update(tok_s_alone=speed, step_s_alone=step)
             mode_ran = events[-1]["mode"]
             results[f"{preset}/{mode_ran}"] = summarize(samples)
-            results[f"{preset}/{mode_ran} · and then"] = summarize(
-                and_then(pipe, events[-1]["video_url"], preset, mode, runs, Path(scratch)))
+            if and_then:
+                results[f"{preset}/{mode_ran} · and then"] = summarize(
+                    continued(pipe, events[-1]["video_url"], preset, mode, runs, Path(scratch)))
             if trace_dir:
                 name = re.sub(r"[^A-Za-z0-9.]+", "-", f"{preset}-{mode_ran}-{label}").strip("-")
                 write_trace(trace_dir, name, events[-1], f"{preset} · {mode_ran} · {label} · {machine()}")
     return results
 
 
-def and_then(pipe, story: str, preset: str, mode: str | None, runs: int, scratch: Path) -> list[dict]:
+def continued(pipe, story: str, preset: str, mode: str | None, runs: int, scratch: Path) -> list[dict]:
     """The next segment of `story`, `runs` times (the first runs warmed up what it shares with them):
     its metrics, peak memory included."""
     cuda, samples = torch.cuda.is_available(), []
@@ -290,7 +292,7 @@ def parse_variant(text: str, settings):
 
 def bench_variants(models, presets: list[str], runs: int, settings_list, modes: list[str | None],
                    image=EXAMPLE, log=lambda message: None, on_variant=lambda results: None,
-                   trace_dir=None) -> dict:
+                   trace_dir=None, and_then: bool = True) -> dict:
     """{label: {"preset/mode": summary}}: every variant on the same loaded models.
 
     Each variant gets its own pipeline (its own worker threads and streams) and its warm-up, which
@@ -305,7 +307,7 @@ def bench_variants(models, presets: list[str], runs: int, settings_list, modes: 
         if pipe.models.settings.decode != settings.decode:
             label = label.replace(settings.decode, pipe.models.settings.decode, 1)
         log(f"[bench] {label}: warmed up in {time.perf_counter() - start:.1f}s")
-        results[label] = bench(pipe, presets, runs, modes, image, trace_dir, label)
+        results[label] = bench(pipe, presets, runs, modes, image, trace_dir, label, and_then)
         on_variant(results)
     return results
 
@@ -437,7 +439,7 @@ def bench_command(models, args, log) -> int:
                                                    "runs": args.runs, "title": title, "results": results}, indent=2))
 
     results = bench_variants(models, presets, args.runs, settings_list, modes, log=log, on_variant=save,
-                             trace_dir=args.trace)
+                             trace_dir=args.trace, and_then=not args.no_and_then)
     if args.profile_first_token:
         written = profile_first_token(replace(models, settings=replace(settings, decode="dynamic")), EXAMPLE,
                                       Path(args.profile_first_token))

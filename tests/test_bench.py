@@ -31,7 +31,7 @@ def test_bench_compares_variants_on_the_same_models(models, photo, tmp_path):
     before = models.settings
     settings_list = variants(models.settings, ["dynamic"], ["shared", "streams"], [30.0], [1])
     results = bench_variants(models, ["fast"], runs=1, settings_list=settings_list, modes=["fused", "text"],
-                             image=photo, trace_dir=tmp_path)
+                             image=photo, trace_dir=tmp_path, and_then=False)  # its rows: the test above
     assert list(results) == ["dynamic · shared · pace 30 · previews 1", "dynamic · streams · pace 30 · previews 1"]
     assert all(by_row[row]["video_ready"]["n"] == 1 for by_row in results.values() for row in ("fast/fused",
                                                                                              "fast/text"))
