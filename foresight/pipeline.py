@@ -302,16 +302,7 @@ class ForesightPipeline:
             prompt = check_question(prompt)
             if preset is not None and preset not in PRESETS:
                 raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-            so_far = None
-            if story is not None or clip is not None:
-                with run.trace.span("text", "load story", gpu=False):
-                    so_far = self._story_so_far(story, clip, Path(out_dir), preset)
-                    frames = tuple(Image.fromarray(frame) for frame in so_far.tail())
-                loaded, preset = frames[-1], preset or so_far.segments[-1]["preset"]
-            else:
-                with run.trace.span("text", "load image", gpu=False):
-                    loaded = load_image(image, notes)
-                frames, preset = (loaded,), preset or "default"
+            loaded, frames, preset, so_far = self._begins_from(run, image, story, clip, Path(out_dir), preset, notes)
             mode, note = self._choose_mode(mode)
         except InputError as exc:
             yield event("error", run.now(), stage="input", message=str(exc), recoverable=True)
@@ -331,6 +322,18 @@ class ForesightPipeline:
                     story_frames=so_far.num_frames if so_far else 0)
         for happened in self._conduct(run):
             yield {**happened, "segment": request.segment}
+
+    def _begins_from(self, run: Run, image, story, clip, out_dir: Path, preset: str | None, notes: list[str]):
+        """The image, loaded, or the story's last frames -> (what Qwen and DINOv2 see, what the clip
+        begins with, the preset that runs, the story so far or None); InputError in words."""
+        if story is None and clip is None:
+            with run.trace.span("text", "load image", gpu=False):
+                loaded = load_image(image, notes)
+            return loaded, (loaded,), preset or "default", None
+        with run.trace.span("text", "load story", gpu=False):
+            so_far = self._story_so_far(story, clip, out_dir, preset)
+            frames = tuple(Image.fromarray(frame) for frame in so_far.tail())
+        return frames[-1], frames, preset or so_far.segments[-1]["preset"], so_far
 
     @staticmethod
     def _story_so_far(story, clip, out_dir: Path, preset: str | None) -> story_stage.Story:
