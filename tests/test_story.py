@@ -14,7 +14,7 @@ import torch
 from foresight import story as story_files
 from foresight import video as video_stage
 from foresight import vlm as vlm_stage
-from foresight.config import MAX_SEGMENTS, PRESETS, VideoSampling
+from foresight.config import MAX_SEGMENTS, PRESETS, Preset, VideoSampling
 from foresight.inputs import MAX_CLIP_FRAMES, MAX_CLIP_SECONDS, crop_and_resize, read_clip
 from foresight.media import Mp4Writer
 from foresight.video import prepare_condition
@@ -205,7 +205,10 @@ def test_stop_mid_segment_leaves_the_story_so_far_whole_and_playable(pipe, first
     assert decoded(first).shape[0] == FAST.num_frames
 
 
-def test_out_of_memory_steps_down_from_the_storys_frames_and_keeps_the_storys_size(models, pipe, photo, tmp_path):
+def test_out_of_memory_steps_down_from_the_storys_frames_and_keeps_the_storys_size(models, pipe, photo, tmp_path,
+                                                                                   monkeypatch):
+    # `default` made smaller, still larger than `fast` (what matters here is the step down, not the size)
+    monkeypatch.setitem(PRESETS, "default", Preset("default", 384, 384, 33, 24))
     events, errors = run(pipe, image=photo, preset="default", seed=6, out_dir=tmp_path / "a", video_name="a")
     story = story_files.load(finished(events))
     handle = inject_out_of_memory(models, times=1)
