@@ -212,7 +212,6 @@ def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EX
           trace_dir: str | Path | None = None, label: str = "", and_then: bool = True) -> dict:
     """{"preset/mode": summary} for one pipeline; one uncounted run per preset and mode first; with
     `and_then`, a "preset/mode · and then" row too: the next segment of the story the row made."""
-    cuda = torch.cuda.is_available()
     results: dict[str, dict] = {}
     alone: dict[str, list[float]] = {}  # text alone does not depend on the mode: measured once per preset
     with tempfile.TemporaryDirectory() as scratch:
@@ -221,12 +220,7 @@ def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EX
                 pass
             samples, events = [], []
             for seed in range(runs):
-                if cuda:
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                events = list(pipe(image, preset=preset, mode=mode, seed=seed, out_dir=scratch))
-                metrics = run_metrics(events)
-                metrics["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+                events, metrics = measured(lambda: pipe(image, preset=preset, mode=mode, seed=seed, out_dir=scratch))
                 samples.append(metrics)
             alone.setdefault(preset, [text_alone(pipe, image, preset) for _ in range(runs)])
             steps_alone = [video_alone(pipe, image, preset, mode, scratch) for _ in range(runs)]
@@ -243,19 +237,23 @@ def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EX
     return results
 
 
+def measured(run) -> tuple[list[dict], dict]:
+    """One run's events (`run()` yields them) and its metrics, peak GPU memory included."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    events = list(run())
+    metrics = run_metrics(events)
+    metrics["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    return events, metrics
+
+
 def continued(pipe, story: str, preset: str, mode: str | None, runs: int, scratch: Path) -> list[dict]:
     """The next segment of `story`, `runs` times (the first runs warmed up what it shares with them):
-    its metrics, peak memory included."""
-    cuda, samples = torch.cuda.is_available(), []
-    for seed in range(runs):
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        events = list(pipe(story=story, preset=preset, mode=mode, seed=seed, out_dir=scratch / f"then{seed}"))
-        metrics = run_metrics(events)
-        metrics["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-        samples.append(metrics)
-    return samples
+    its metrics."""
+    return [measured(lambda: pipe(story=story, preset=preset, mode=mode, seed=seed,
+                                  out_dir=scratch / f"then{seed}"))[1] for seed in range(runs)]
 
 
 def variants(settings, decodes, schedules, paces, previews, compiles=(False,), earlies=(False,), graphs=(False,)) \
