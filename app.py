@@ -162,13 +162,6 @@ def step_line(ev: dict, record: dict) -> str:
     return f"Segment {segment} of at most {MAX_SEGMENTS} · {step}" if segment > 1 else f"Rendering {step}"
 
 
-def can_go_on(record: dict) -> bool:
-    """A finished, kept video whose story has room for another segment: "And then?" is offered
-    (`Page.can_go_on` also asks whether its files are still kept)."""
-    return (bool(record.get("video")) and not record.get("video_error") and not record.get("stopped")
-            and record.get("segment", 1) < MAX_SEGMENTS)
-
-
 def waiting_line(ahead: int, seconds: float | None) -> str:
     runs = "1 run" if ahead == 1 else f"{ahead} runs"
     return f"Waiting: {runs} ahead" + (f" (about {seconds:.0f} s)" if seconds else "") + "."
@@ -397,7 +390,9 @@ class Page:
             self.runs.finish(record["folder"])
 
     def can_go_on(self, record: dict) -> bool:
-        return can_go_on(record) and self.runs.kept(record.get("folder"))
+        """A finished video, still kept, whose story has room for another segment: "And then?" is offered."""
+        return (bool(record.get("video")) and not record.get("video_error") and not record.get("stopped")
+                and record.get("segment", 1) < MAX_SEGMENTS and self.runs.kept(record.get("folder")))
 
     def on_history_select(self, history, control, evt: gr.SelectData):
         """Restore a whole run (a whole story): its input, question, preset, seed, text, video and what

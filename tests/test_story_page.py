@@ -133,7 +133,7 @@ def test_a_story_through_the_pages_handlers_retry_and_the_limit(models, pipe, tm
         *_, status, record = list(page.and_then("", "auto", segment, False, history[0], control(), visitor))[-1]
         history = page.on_run_end(record, history, visitor)[0]
         assert f"segment {segment} of at most {MAX_SEGMENTS}" in status and len(history) == 1
-    assert not app.can_go_on(record)
+    assert not page.can_go_on(record)
     story = record["video"]
     assert iio.imread(story, plugin="FFMPEG").shape[0] == FAST_FRAMES + (MAX_SEGMENTS - 1) * added
     *_, video, _, status, kept = list(page.and_then("", "auto", 9, False, record, control(), visitor))[-1]
