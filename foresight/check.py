@@ -80,7 +80,8 @@ def run_checks(models, image=EXAMPLE, log: Callable[[str], None] = print) -> lis
         frames = [np.asarray(decode_frame(ev)) for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"]
         previews = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "preview"]
         last_preview = np.asarray(decode_frame(previews[-1])) if previews else None
-        going_on = story_checks(pipe, end, Path(scratch), random_weights) if mp4_frames is not None else []
+        going_on = story_checks(pipe, end["video_url"], mp4_frames, Path(scratch), random_weights) \
+            if mp4_frames is not None else []
     errors = [ev["message"] for ev in events if ev["type"] == "error"]
     condition = np.asarray(video_view(load_image(image), PRESETS["fast"]))
 
@@ -124,15 +125,16 @@ def run_checks(models, image=EXAMPLE, log: Callable[[str], None] = print) -> lis
     return results
 
 
-def story_checks(pipe, first: dict, scratch: Path, random_weights: bool) -> list[Check]:
-    """And then?: the example's clip goes on one segment, as the page's button makes it."""
+def story_checks(pipe, video: str, before: np.ndarray, scratch: Path, random_weights: bool) -> list[Check]:
+    """And then?: the example's clip (`video`, whose frames are `before`) goes on one segment, as the
+    page's button makes it."""
     import imageio.v3 as iio
 
-    events = list(pipe(story=first["video_url"], seed=1, out_dir=scratch / "and-then"))
+    events = list(pipe(story=video, seed=1, out_dir=scratch / "and-then"))
     end, errors = events[-1], [ev["message"] for ev in events if ev["type"] == "error"]
     if not end.get("video_url"):
         return [Check("And then?: the next segment", "; ".join(errors) or "no video", "fail")]
-    before, joined = iio.imread(first["video_url"], plugin="FFMPEG"), iio.imread(end["video_url"], plugin="FFMPEG")
+    joined = iio.imread(end["video_url"], plugin="FFMPEG")
     fast = PRESETS["fast"]
     expected = len(before) + fast.num_frames - fast.condition_frames
     unchanged = joined.shape[1:] == before.shape[1:] and np.array_equal(joined[:len(before)], before)
