@@ -6,6 +6,8 @@ that owner is still there.
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
 import re
 import shutil
@@ -18,9 +20,11 @@ from typing import Callable, Iterable
 
 from PIL import Image
 
-from foresight.inputs import load_image
+from foresight.inputs import InputError, load_image
 
 THUMBNAIL_WIDTH = 160
+UPLOAD_NAME = "upload"  # the visitor's bytes, in the run's private folder: no suffix of theirs
+log = logging.getLogger("foresight.storage")
 
 
 def video_name(source: str | Path | None, seed: int) -> str:
@@ -38,7 +42,12 @@ class _Run:
     writing: bool = True  # the run is still going: never deleted under it
 
 
-API_OWNER = "api"
+API_OWNER = "api"  # every API and MCP run: one owner, one share
+OWNER_SHARE = 0.25  # of the budget, at most, for any one owner (a page session, or the API as a whole)
+
+
+class OverShare(InputError):
+    """An owner's runs being written already fill its share of the disk budget."""
 
 
 class RunStore:
@@ -46,35 +55,54 @@ class RunStore:
 
     A page session's runs stay while the session shows them (`hold`); an API run stays `api_keep_s`
     after it ends, long enough to download its files. What nobody shows any more is deleted: runs
-    a session let go (`hold`, `release`), API runs past their time, runs of sessions the web
-    framework no longer has (`is_live` false: dropped for capacity, which skips its callbacks) and
-    folders no run claims. Past `max_bytes`, the oldest runs still shown (or still in their
-    download time) go too, whole; the page then says so in words when their owner asks for them
-    (`kept`). A run being written is never deleted.
+    a session let go (`hold`, `let_go`, `release`), API runs past their time, runs of sessions the
+    web framework no longer has (`is_live` false: dropped for capacity, which skips its callbacks)
+    and folders no run claims. No owner keeps more than `owner_share` of the budget: past it, its
+    own oldest runs go first (its newest stays, whatever its size), and a new run of an owner whose
+    runs being written fill its share is refused in words (`OverShare`). Past `max_bytes`, the
+    oldest runs still shown (or still in their download time) go too, whole; the page then says so
+    in words when their owner asks for them (`kept`). A run being written is never deleted.
 
-    The root is this process's own folder under `parent`: two apps sharing Gradio's upload folder
-    never take each other's runs; a folder left by a process that is gone is deleted.
+    Each run has a served folder (under `parent`, which the web framework serves) and a private
+    one (under `private_parent`, which it must not): what a visitor sent is kept in the private
+    one, under a fixed name (`keep_upload`). Both are this process's own (a folder named after
+    its pid): two apps sharing Gradio's upload folder never take each other's runs; a folder left
+    by a process that is gone is deleted.
     """
 
-    def __init__(self, parent: Path, max_bytes: int, api_keep_s: float,
-                 is_live: Callable[[str], bool] = lambda _: True, clock: Callable[[], float] = time.time):
+    def __init__(self, parent: Path, private_parent: Path, max_bytes: int, api_keep_s: float,
+                 is_live: Callable[[str], bool] = lambda _: True, clock: Callable[[], float] = time.time,
+                 owner_share: float = OWNER_SHARE):
         self.root = Path(parent) / str(os.getpid())
+        self.private_root = Path(private_parent) / str(os.getpid())
         self.max_bytes, self.api_keep_s, self.is_live, self.clock = max_bytes, api_keep_s, is_live, clock
+        self.share_bytes = max_bytes * owner_share
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
-        self.root.mkdir(parents=True, exist_ok=True)
-        for folder in Path(parent).iterdir():
-            if folder.is_dir() and folder.name.isdigit() and not process_exists(int(folder.name)):
-                shutil.rmtree(folder, ignore_errors=True)
+        for base, mine in ((Path(parent), self.root), (Path(private_parent), self.private_root)):
+            mine.mkdir(parents=True, exist_ok=True)
+            for folder in base.iterdir():
+                if folder.is_dir() and folder.name.isdigit() and not process_exists(int(folder.name)):
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def new(self, owner: str) -> Path:
-        """A new run's folder, belonging to `owner` (a session id, or API_OWNER)."""
-        name = uuid.uuid4().hex[:12]
+        """A new run's folder, belonging to `owner` (a session id, or API_OWNER); OverShare, in
+        words, when that owner's runs still being written already fill its share."""
         with self._lock:
+            writing = sum(self._bytes(name) for name, run in self._runs.items() if run.owner == owner and run.writing)
+            if writing > self.share_bytes:
+                raise OverShare(f"Your runs still being made hold {writing / 2**20:.0f} MB, this server's share for "
+                                f"one visitor ({self.share_bytes / 2**20:.0f} MB). Wait for them to finish, then "
+                                "try again.")
+            name = uuid.uuid4().hex[:12]
             self._runs[name] = _Run(owner, self.clock())
-        folder = self.root / name
-        folder.mkdir(parents=True)
-        return folder
+        (self.root / name).mkdir(parents=True)
+        self.private(name).mkdir(parents=True)
+        return self.root / name
+
+    def private(self, folder: str | Path) -> Path:
+        """The run's private folder, never served: what the visitor sent."""
+        return self.private_root / Path(folder).name
 
     def reopen(self, folder: str | Path | None) -> bool:
         """The run is written again (a video-only retry): not deleted until `finish`. False if it is gone."""
@@ -105,17 +133,22 @@ class RunStore:
         return self.enforce()
 
     def let_go(self, folders: Iterable[str | Path | None]) -> None:
-        """Nobody shows these runs any more (a stopped run, a session that ended): deleted at the
-        next `enforce`. Cheap, for Gradio's state callbacks, which run on its event loop."""
+        """Nobody shows these runs any more (a session that ended): deleted at the next `enforce`
+        once they are not being written. Cheap, for Gradio's state callbacks, which run on its
+        event loop; a run being written (a retry) stays until it finishes."""
+        with self._lock:
+            for folder in folders:
+                run = self._runs.get(Path(folder).name) if folder else None
+                if run is not None:
+                    run.shown, run.until = False, None
+
+    def release(self, folders: Iterable[str | Path | None]) -> list[Path]:
+        """The writer's own end of runs with nothing to keep (stopped, refused): deleted now -> what was deleted."""
         with self._lock:
             for folder in folders:
                 run = self._runs.get(Path(folder).name) if folder else None
                 if run is not None:
                     run.shown, run.writing, run.until = False, False, None
-
-    def release(self, folders: Iterable[str | Path | None]) -> list[Path]:
-        """`let_go`, and delete them now -> what was deleted."""
-        self.let_go(folders)
         return self.enforce()
 
     def kept(self, folder: str | Path | None) -> bool:
@@ -123,24 +156,39 @@ class RunStore:
         return bool(folder) and Path(folder).name in self._runs and Path(folder).is_dir()
 
     def enforce(self) -> list[Path]:
-        """Delete what nobody shows, then the oldest runs until the budget holds -> the folders deleted."""
+        """Delete what nobody shows, then each owner's oldest past its share, then the oldest runs
+        until the budget holds -> the (served) folders deleted."""
         with self._lock:
             now = self.clock()
-            folders = [folder for folder in self.root.iterdir() if folder.is_dir()]
-            doomed = [folder for folder in folders
-                      if folder.name not in self._runs or self._unwanted(self._runs[folder.name], now)]
-            sizes = {folder.name: folder_bytes(folder) for folder in folders if folder not in doomed}
+            names = {folder.name for base in (self.root, self.private_root) for folder in base.iterdir()
+                     if folder.is_dir()}
+            doomed = [name for name in names if name not in self._runs or self._unwanted(self._runs[name], now)]
+            sizes = {name: self._bytes(name) for name in names if name not in doomed}
+            oldest_first = sorted(sizes, key=lambda name: self._runs[name].created)
+            owned, newest = collections.Counter(), {}
+            for name in oldest_first:
+                owned[self._runs[name].owner] += sizes[name]
+                newest[self._runs[name].owner] = name
+            for name in oldest_first:  # each owner within its share: its own oldest go (its newest stays)
+                run = self._runs[name]
+                if owned[run.owner] > self.share_bytes and not run.writing and newest[run.owner] != name:
+                    doomed.append(name)
+                    owned[run.owner] -= sizes.pop(name)
             total = sum(sizes.values())
-            for name in sorted(sizes, key=lambda name: self._runs[name].created):
+            for name in oldest_first:  # the budget: the oldest go, whoever shows them
                 if total <= self.max_bytes:
                     break
-                if not self._runs[name].writing:
-                    doomed.append(self.root / name)
-                    total -= sizes[name]
-            for folder in doomed:
-                self._runs.pop(folder.name, None)
-                shutil.rmtree(folder, ignore_errors=True)
-            return doomed
+                if name in sizes and not self._runs[name].writing:
+                    doomed.append(name)
+                    total -= sizes.pop(name)
+            for name in doomed:
+                self._runs.pop(name, None)
+                shutil.rmtree(self.root / name, ignore_errors=True)
+                shutil.rmtree(self.private_root / name, ignore_errors=True)
+            return [self.root / name for name in doomed]
+
+    def _bytes(self, name: str) -> int:
+        return folder_bytes(self.root / name) + folder_bytes(self.private_root / name)
 
     def _unwanted(self, run: _Run, now: float) -> bool:
         if run.writing:
@@ -170,13 +218,15 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
-def keep_upload(source: str | Path | None, folder: Path) -> Path | str | None:
-    """The run's own copy of the uploaded file, as uploaded (a copy is quick; decoding is the
-    pipeline's, once): the upload itself lives in the web framework's cache, which is swept.
-    No file, no copy: the pipeline refuses that with its own message."""
+def keep_upload(source: str | Path | None, private: Path) -> Path | str | None:
+    """The run's own copy of what the visitor sent, as sent (a copy is quick; decoding is the
+    pipeline's, once), in the run's private folder under a fixed name: never served, whatever the
+    visitor named it (a valid PNG named `x.html`, served under that name, would be a page on this
+    app's origin). The upload itself lives in the web framework's cache, which is swept. No file,
+    no copy: the pipeline refuses that with its own message."""
     if source is None or not Path(source).is_file():
         return source
-    copy = Path(folder) / f"upload{Path(source).suffix.lower()}"
+    copy = Path(private) / UPLOAD_NAME
     shutil.copyfile(source, copy)
     return copy
 
@@ -195,19 +245,23 @@ def save_input(source, folder: Path) -> tuple[Path, Path]:
 def sweep(folder: Path, max_age_s: float, max_bytes: int, keep: set[str] = frozenset(),
           skip: Path | None = None) -> int:
     """Delete files older than `max_age_s`, then the oldest until the folder holds at most
-    `max_bytes`; never those in `keep`, nor anything under `skip` (the runs, which a RunStore keeps).
-    Returns how many were deleted."""
+    `max_bytes`; never those in `keep`, nor anything under `skip` (the runs, which a RunStore keeps:
+    not even walked). Files and folders that vanish meanwhile (Gradio's own deletions, a run let
+    go) are passed over. Returns how many were deleted."""
     now, removed, total = time.time(), 0, 0
     files = []
-    for path in Path(folder).rglob("*"):
-        try:
-            if path.is_file() and not (skip is not None and path.is_relative_to(skip)):
+    for parent, folders, names in os.walk(folder):  # os.walk passes over folders that vanish; rglob raises
+        if skip is not None:
+            folders[:] = [name for name in folders if Path(parent, name) != Path(skip)]
+        for name in names:
+            path = Path(parent, name)
+            try:
                 stat = path.stat()
-                total += stat.st_size
-                if str(path) not in keep:
-                    files.append((stat.st_mtime, stat.st_size, path))
-        except FileNotFoundError:
-            continue
+            except FileNotFoundError:
+                continue
+            total += stat.st_size
+            if str(path) not in keep:
+                files.append((stat.st_mtime, stat.st_size, path))
     files.sort()
     for mtime, size, path in files:
         if now - mtime <= max_age_s and total <= max_bytes:
@@ -224,7 +278,10 @@ def keep_swept(folder: Path, max_age_s: float, max_bytes: int, keep: Callable[[]
     def loop():
         while True:
             time.sleep(min(10.0, max(1.0, max_age_s / 2)))
-            sweep(folder, max_age_s, max_bytes, keep(), skip)
+            try:
+                sweep(folder, max_age_s, max_bytes, keep(), skip)
+            except OSError as exc:  # the next sweep tries again; one line, never a dead thread's traceback
+                log.warning("the cache sweep could not finish: %r", exc)
 
     thread = threading.Thread(target=loop, daemon=True, name="foresight-cache-sweeper")
     thread.start()
