@@ -62,6 +62,14 @@ MAX_CLIP_PIXELS = 1920 * 1088
 MAX_CLIP_SECONDS = 20
 MAX_CLIP_FRAMES = MAX_CLIP_SECONDS * 60
 CLIP_LIMITS = f"clips up to {MAX_CLIP_SECONDS} s, Full HD and {MAX_UPLOAD_MB} MB can be continued"
+# A clip is opened by the one demuxer a clip may be, never by what ffmpeg guesses from its bytes (a
+# text file named .mp4 can be a playlist: ffmpeg's concat, HLS or SDP demuxers then open other files,
+# itself included, or the network). "mp4" is ffmpeg's mov/mp4 demuxer (phones' .mp4 and .mov alike);
+# `protocol_whitelist`: it may read the file itself and nothing else; `enable_drefs` off (its default):
+# no data references to other files. Then only the codecs phones and this app write are decoded.
+CLIP_DEMUXER = "mp4"
+CLIP_CODECS = ("h264", "hevc")
+READ_ONLY_THE_FILE = {"protocol_whitelist": "file", "enable_drefs": "0"}
 
 
 class InputError(ValueError):
@@ -267,13 +275,16 @@ def read_clip(source, fps: int) -> Iterator[Image.Image]:
     unreadable = "That file could not be read as a video. Send an mp4 made by Foresight, or another H.264 mp4."
     with _decoding:
         try:
-            container = av.open(str(path))
+            container = av.open(str(path), format=CLIP_DEMUXER, container_options=READ_ONLY_THE_FILE)
         except (av.FFmpegError, OSError, ValueError) as exc:
             raise InputError(unreadable) from exc
         with container:
             if not container.streams.video:
                 raise InputError(unreadable)
             stream = container.streams.video[0]
+            if stream.codec_context.name not in CLIP_CODECS:
+                raise InputError(f"That clip's video is {stream.codec_context.name}; clips in "
+                                 f"{' or '.join(name.upper() for name in CLIP_CODECS)} can be continued.")
             _check_pixels(stream.codec_context.width, stream.codec_context.height)
             if container.duration is not None and container.duration / av.time_base > MAX_CLIP_SECONDS + 1:
                 raise InputError(f"That clip is {container.duration / av.time_base:.0f} s long; {CLIP_LIMITS}.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +95,9 @@ def join_mp4(parts: list[Path], out: Path) -> Path:
 
     import imageio_ffmpeg
 
-    listing = out.with_name(out.stem + "-parts.txt")
-    listing.write_text("".join(f"file '{Path(part).resolve().as_posix()}'\n" for part in parts))
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as named:  # not beside the served mp4
+        named.write("".join(f"file '{Path(part).resolve().as_posix()}'\n" for part in parts))
+    listing = Path(named.name)
     try:
         done = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "concat", "-safe", "0",
                                "-i", str(listing), "-c", "copy", "-movflags", "+faststart", str(out)],
@@ -128,5 +130,5 @@ def read_lossless(path: Path) -> np.ndarray:
     """The frames `write_lossless` kept, exactly: [F, H, W, 3] uint8."""
     import av
 
-    with av.open(str(path)) as container:
+    with av.open(str(path), format="matroska", container_options={"protocol_whitelist": "file"}) as container:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])

@@ -5,6 +5,7 @@ latents, not pixels)."""
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -149,6 +150,21 @@ def test_the_story_so_far_opens_the_joined_mp4_unchanged_and_the_overlap_is_writ
     record = json.loads(story_files.record_path(done["video_url"]).read_text())
     assert [segment["seed"] for segment in record["segments"]] == [1, 3]
     assert record["num_frames"] == joined.shape[0]
+    boxes = top_level_boxes(Path(done["video_url"]))
+    assert boxes.index(b"moov") < boxes.index(b"mdat"), "the index up front: the page plays it as it is (RunVideo)"
+
+
+def top_level_boxes(path: Path) -> list[bytes]:
+    """An mp4's top-level boxes, in file order."""
+    import struct
+
+    data, at, boxes = path.read_bytes(), 0, []
+    while at + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[at:at + 8])
+        size = struct.unpack(">Q", data[at + 8:at + 16])[0] if size == 1 else size
+        boxes.append(kind)
+        at += size or len(data)
+    return boxes
 
 
 def test_qwen_looks_at_the_last_frame_told_what_the_story_foresaw(models, pipe, first, tmp_path, monkeypatch):
@@ -255,15 +271,17 @@ def test_a_bare_clip_goes_on_from_its_last_frames_at_the_presets_rate(pipe, tmp_
     assert decoded(done["video_url"]).shape[0] == 24 + NEW_FRAMES
 
 
-def write_raw_stream(path, frames: int):
-    """An H.264 stream with no container: nothing in it says how long it is."""
-    import imageio_ffmpeg
+def hide_length(path):
+    """The mp4's stated lengths (movie, track, media) patched to one tick: the stream no longer says
+    how long it is, and only decoding can tell."""
+    import struct
 
-    sink = imageio_ffmpeg.write_frames(str(path), (32, 32), fps=8, codec="libx264", output_params=["-f", "h264"],
-                                       macro_block_size=16, ffmpeg_log_level="error")
-    sink.send(None)
-    sink.send(bytes(frames * 32 * 32 * 3))
-    sink.close()
+    data = bytearray(path.read_bytes())
+    for box, offset in ((b"mvhd", 16), (b"tkhd", 20), (b"mdhd", 16)):  # version 0: 32-bit durations
+        at = data.find(box)
+        assert at > 0 and data[at + 4] == 0, box
+        struct.pack_into(">I", data, at + 4 + offset, 1)
+    path.write_bytes(bytes(data))
     return path
 
 
@@ -273,7 +291,7 @@ def test_a_clip_over_its_budget_or_unreadable_is_refused_in_words(pipe, tmp_path
         clip = write_clip(tmp_path / "long.mp4", frames=(MAX_CLIP_SECONDS + 3) * 8, fps=8, size=(32, 32))
         said = f"That clip is {MAX_CLIP_SECONDS + 3} s long"
     elif kind == "hides its length":  # refused as it decodes, past the frames the budget allows
-        clip = write_raw_stream(tmp_path / "raw.h264", frames=MAX_CLIP_FRAMES + 10)
+        clip = hide_length(write_clip(tmp_path / "hidden.mp4", frames=MAX_CLIP_FRAMES + 10, fps=8, size=(32, 32)))
         said = f"runs past {MAX_CLIP_SECONDS} s"
     else:
         clip = tmp_path / "fake.mp4"
@@ -285,17 +303,17 @@ def test_a_clip_over_its_budget_or_unreadable_is_refused_in_words(pipe, tmp_path
 
 
 def test_a_clip_whose_container_claims_its_frame_lasts_hours_costs_one_frame(tmp_path):
-    """A 1.2 kB Matroska file named .mp4, one frame at a rate of 1/30000 and no duration: taken at
-    its word it would be 720,000 frames to encode."""
+    """A 1.5 kB mp4, one frame at a rate of 1/30000 and its stated length hidden: taken at its word
+    it would be 720,000 frames to encode."""
     import av
     from fractions import Fraction
 
     path = tmp_path / "slow.mp4"
-    with av.open(str(path), "w", format="matroska", options={"live": "1"}) as container:
+    with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(1, 30000))
         stream.width = stream.height = 64
         stream.pix_fmt = "yuv420p"
         for packet in [*stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")),
                        *stream.encode()]:
             container.mux(packet)
-    assert len(list(read_clip(path, FAST.fps))) == 1
+    assert len(list(read_clip(hide_length(path), FAST.fps))) == 1
