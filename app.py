@@ -16,7 +16,7 @@ import io
 import logging
 import os
 import random
-import threading
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,10 +27,11 @@ from gradio.data_classes import FileData  # noqa: E402
 
 from foresight import storage  # noqa: E402
 from foresight import story as story_files  # noqa: E402
-from foresight.config import MAX_SEGMENTS, PRESETS, ZERO_GPU_DURATION_S  # noqa: E402
+from foresight.config import MAX_SEGMENTS, PRESETS, ZERO_GPU_DURATION_S, on_zero_gpu  # noqa: E402
 from foresight.events import event  # noqa: E402
 from foresight.inputs import MAX_QUESTION_CHARS, MAX_UPLOAD_MB, InputError, check_upload  # noqa: E402
-from foresight.serving import PROFILES, start  # noqa: E402
+from foresight.runtime import StopFlag  # noqa: E402
+from foresight.serving import PROFILES, MissingHubFiles, start  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # Run folders live inside Gradio's upload folder (GRADIO_TEMP_DIR) and are served from there as they
@@ -38,12 +39,18 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # handlers, which say so in words (Gradio refuses an event naming a file outside that folder
 # before any handler runs). storage.RunStore decides what stays.
 RUNS_DIR = Path(gr.utils.get_upload_folder()) / "foresight-runs"
+# What a visitor sent (their bytes, under a name of theirs) is kept outside anything Gradio serves.
+PRIVATE_DIR = Path(tempfile.gettempdir()) / "foresight-private"
 RUNS_MAX_MB = int(os.environ.get("FORESIGHT_RUNS_MAX_MB", 2048))  # all sessions' runs together
 API_KEEP_S = int(os.environ.get("FORESIGHT_API_KEEP_S", 900))  # an API or MCP run's files, to download them
 SESSION_TTL_S = int(os.environ.get("FORESIGHT_SESSION_TTL", 24 * 3600))  # a page's runs, after its last run
 CACHE_TTL_S = int(os.environ.get("FORESIGHT_CACHE_TTL", 3600))  # uploads in Gradio's cache are kept for this long...
 CACHE_MAX_MB = int(os.environ.get("FORESIGHT_CACHE_MAX_MB", 1024))  # ...and to this size
 HISTORY_SIZE = 12  # runs a session's history keeps
+# The GPU's queue is shared fairly: no visitor (a page session, an API client) holds more than this
+# many places, waiting or running; API and MCP calls together no more than this share of its places.
+PLACES_PER_VISITOR = 2
+API_SHARE = 0.5
 GONE = "That run is no longer kept on the server: it made room for newer runs, or this page was idle too long."
 AND_THEN = "\n\n— And then —\n"  # between a story's segments in the thinking box
 MODE_CHOICES = [("Auto", "auto"), ("Fused (bridge)", "fused"), ("Text (T5)", "text")]
@@ -59,13 +66,17 @@ SHOW_OUTPUT_ON_PHONES = """() => {
 }"""
 log = logging.getLogger("foresight.app")  # one line per refused input, never a traceback
 
-try:  # ZeroGPU Spaces hand out the GPU per call; elsewhere the package is absent and not needed
+
+
+def on_gpu(fn):
+    """`fn` as it runs where the GPU is: on ZeroGPU, in a process `spaces.GPU` forks once and reuses,
+    its arguments and what it yields pickled across (so a run's Stop is a `runtime.StopFlag`, not a
+    `threading.Event`); elsewhere, here as it is."""
+    if not on_zero_gpu():
+        return fn
     import spaces
 
-    gpu = spaces.GPU(duration=ZERO_GPU_DURATION_S)
-except ImportError:
-    def gpu(fn):
-        return fn
+    return spaces.GPU(fn, duration=ZERO_GPU_DURATION_S)
 
 
 class UploadImage(gr.Image):
@@ -134,7 +145,7 @@ def caption(record: dict) -> str:
 
 def summary(record: dict) -> str:
     """The status line once a run has ended."""
-    if record.get("stopped"):
+    if record.get("stopped") and not record.get("video"):
         return "Stopped."
     parts = [f"**{record['mode']}** mode", f"seed {record['seed']}", f"rendered at {record['size']}"]
     if record.get("segment", 1) > 1:
@@ -144,6 +155,8 @@ def summary(record: dict) -> str:
         if record.get(key) is not None:
             parts.append(f"{label} {record[key]:.2f} s")
     lines = [" · ".join(parts)]
+    if record.get("stopped"):
+        lines.append("ℹ️ Stopped after the video was made: the video is kept, the reasoning ends where it was.")
     lines += [f"ℹ️ {note}" for note in record.get("notes", [])]
     if record.get("video_error"):
         lines.append(f"⚠️ {record['video_error']} Press **Retry video** to render it again.")
@@ -185,6 +198,29 @@ def queue_position(demo: gr.Blocks, session_hash: str) -> tuple[int, float | Non
     return None
 
 
+def gpu_runs(demo: gr.Blocks) -> list:
+    """Gradio's events on the GPU's queue: those waiting, and those running."""
+    queue = demo._queue
+    group = queue.event_queue_per_concurrency_id.get("gpu")
+    running = [ev for job in queue.active_jobs if job for ev in job if ev.concurrency_id == "gpu"]
+    return [*(group.queue if group else ()), *running]
+
+
+def refused_a_place(demo: gr.Blocks, session_hash: str, api: bool) -> str | None:
+    """Why a new run may not join the GPU's queue, in words; None if it may. No visitor (a page,
+    an API client) holds more than PLACES_PER_VISITOR places, waiting or running, and the API as a
+    whole (MCP calls included) no more than API_SHARE of the queue, so that pages are still served."""
+    runs = gpu_runs(demo)
+    if sum(ev.session_hash == session_hash for ev in runs) >= PLACES_PER_VISITOR:
+        return (f"You already have {PLACES_PER_VISITOR} runs on their way; this GPU is shared, so a new one can "
+                "start once one of them has finished.")
+    api_places = int(demo._queue.max_size * API_SHARE) if demo._queue.max_size else None
+    if api and api_places is not None and sum(ev.fn.api_name == "predict" for ev in runs) >= api_places:
+        return (f"The API's share of this GPU's queue ({api_places} places) is taken; visitors of the page keep "
+                "the rest. Please try again in a minute.")
+    return None
+
+
 def follow(events, record: dict):
     """The pipeline's events, passed on, with `record` kept up to date: its text, its latest preview
     (as a file), its video, what was said about it."""
@@ -220,9 +256,31 @@ class Page:
         self.pipe, self.default_preset = pipe, default_preset
         # On ZeroGPU only the pipeline's run takes the GPU, in a process of its own; the page's
         # bookkeeping (the runs, the history) stays in this one.
-        self.run_pipeline = gpu(pipe.__call__)
+        self.run_pipeline = on_gpu(pipe.__call__)
         self.demo: gr.Blocks | None = None  # set by build_demo: the queue the waiting line reads
-        self.runs = storage.RunStore(RUNS_DIR, RUNS_MAX_MB * 2**20, API_KEEP_S, is_live=self.is_live)
+        self.runs = storage.RunStore(RUNS_DIR, PRIVATE_DIR, RUNS_MAX_MB * 2**20, API_KEEP_S, is_live=self.is_live)
+
+    def admit(self, request: gr.Request, inputs: int, api: bool = False) -> list[dict]:
+        """The GPU queue's fair share (`refused_a_place`), checked before a run takes a place (Gradio's
+        `validator`, one verdict per input of the event): refused, the client is told in words on
+        its first input, and nothing is queued."""
+        refused = refused_a_place(self.demo, request.session_hash, api)
+        if refused:
+            log.info("refused a place on the GPU's queue: %s", refused)
+        return [gr.validate(not refused, refused or ""), *(gr.validate(True, ""),) * (inputs - 1)]
+
+    # Gradio calls a validator with the event's own inputs, then the request.
+    def admit_generate(self, image, question, preset, mode, seed, randomize, control, request: gr.Request):
+        return self.admit(request, 7)
+
+    def admit_and_then(self, question, mode, seed, randomize, record, control, request: gr.Request):
+        return self.admit(request, 6)
+
+    def admit_retry(self, record, control, request: gr.Request):
+        return self.admit(request, 2)
+
+    def admit_predict(self, image, prompt, preset, clip, request: gr.Request):
+        return self.admit(request, 4, api=True)
 
     def is_live(self, session: str) -> bool:
         """Whether Gradio still holds this session (it drops sessions past its capacity without a word);
@@ -232,44 +290,45 @@ class Page:
 
     def stream(self, image_path, question, preset, mode, seed, stop, record, owner, previous=None, clip=None):
         """The pipeline's events for one run, with `record` kept up to date; the run works on its own
-        copy of the upload, in its folder (`owner`'s), which its history and a retry use too.
-        `previous`: the record of the story this run continues ("And then?"); `clip`: a bare mp4 to
-        continue (the API's)."""
-        folder, events = self.runs.new(owner), None
+        copy of the upload, in its private folder (`owner`'s run), which its history and a retry use
+        too. `stop`: a `runtime.StopFlag` (it crosses into ZeroGPU's process). `previous`: the record
+        of the story this run continues ("And then?"); `clip`: a bare mp4 to continue (the API's).
+        A run that made its mp4 is kept, stopped or not; one that made only text, for Retry video."""
+        record.update(folder=None, upload=None, name=storage.video_name(image_path, seed), question=question or "",
+                      preset=preset, seed=seed, text="", notes=[], preview=None, video=None)
+        folder, events = None, None
         try:
-            upload = storage.keep_upload(image_path, folder)
-            record.update(folder=str(folder), upload=upload and str(upload), name=storage.video_name(image_path, seed),
-                          question=question or "", preset=preset, seed=seed, text="", notes=[], preview=None,
-                          video=None)
-            story, refused = self._story_to_continue(previous, clip, preset, folder, record)
-            if refused:
-                yield from follow([event("error", 0.0, stage="input", recoverable=True, message=refused)], record)
-                return
+            folder = self.runs.new(owner)
+            upload = storage.keep_upload(image_path, self.runs.private(folder))
+            record.update(folder=str(folder), upload=upload and str(upload))
+            story = self._story_to_continue(previous, clip, preset, folder, record)
             events = self.run_pipeline(upload, prompt=question or "", preset=preset, seed=seed, stop=stop,
                                        mode=None if mode == "auto" else mode, out_dir=folder, video_name=record["name"],
                                        story=story)
             yield from follow(events, record)
+        except InputError as exc:  # refused before the run: over its owner's share, or no story to go on from
+            yield from follow([event("error", 0.0, stage="input", recoverable=True, message=str(exc))], record)
         finally:
-            if events is not None:
-                events.close()  # a closed page or a cancelled client: the GPU work ends at its next step
-            if record.get("stopped") is not False or record.get("error"):  # nothing to keep or retry
-                self.runs.release([folder])
-            else:
-                self.runs.finish(folder)
+            end_stream(events, stop, record)
+            if folder is not None:
+                if record.get("video") or (record.get("stopped") is False and not record.get("error")):
+                    self.runs.finish(folder)
+                else:
+                    self.runs.release([folder])
 
-    def _story_to_continue(self, previous, clip, preset, folder: Path, record: dict):
+    def _story_to_continue(self, previous, clip, preset, folder: Path, record: dict) -> Path | None:
         """What this run continues, in its own folder: the story the page shows (`_carry_story`), or
         a bare clip imported under the clip budget, here in the app's process (on ZeroGPU, not on
-        the GPU's time) -> (its mp4 or None, a refusal in words or None)."""
+        the GPU's time) -> its mp4, None for a first run; InputError, in words, when it cannot."""
         if previous is not None:
             story = self._carry_story(previous, folder, record)
-            return (story, None) if story else (None, GONE)
+            if story is None:
+                raise InputError(GONE)
+            return story
         if clip is None:
-            return None, None
-        try:
-            return story_files.import_clip(clip, folder, PRESETS.get(preset, PRESETS["default"])).video, None
-        except InputError as exc:
-            return None, str(exc)
+            return None
+        with story_files.said_in_words("clip"):
+            return story_files.import_clip(clip, folder, PRESETS.get(preset, PRESETS["default"])).video
 
     def _carry_story(self, previous: dict, folder: Path, record: dict) -> Path | None:
         """The story `previous` shows, linked into the new run's folder (its input and thumbnail
@@ -291,13 +350,13 @@ class Page:
 
     def on_generate(self):
         """Clear the last run, lock Generate until this one has really ended, and say it is waiting."""
-        control = {"stop": threading.Event()}
+        control = {"stop": StopFlag()}
         return ("", None, None, "", "Waiting for the GPU…", control, {}, gr.update(interactive=False),
                 gr.update(interactive=True), gr.update(visible=False), gr.update(visible=False), gr.Timer(active=True))
 
     def generate(self, image, question, preset, mode, seed, randomize, control, request: gr.Request):
         """One run for the page: text, preview then video in one place, status in words."""
-        stop = (control or {}).get("stop") or threading.Event()
+        stop = (control or {}).get("stop") or StopFlag()
         seed = random.randrange(2**31) if randomize else int(seed or 0)
         record = {}
         yield from page_updates(self.stream(image, question, preset, mode, seed, stop, record, request.session_hash),
@@ -305,7 +364,7 @@ class Page:
 
     def on_and_then(self):
         """Like `on_generate`, but the story's text stays: the new segment's follows it."""
-        control = {"stop": threading.Event()}
+        control = {"stop": StopFlag()}
         return (None, None, "Waiting for the GPU…", control, gr.update(interactive=False), gr.update(interactive=True),
                 gr.update(visible=False), gr.update(visible=False), gr.Timer(active=True))
 
@@ -314,7 +373,7 @@ class Page:
         segment from its last frames, and the video becomes the whole story. Stopped or refused,
         the page shows the story as it was, which is still kept; a segment whose video failed keeps
         its text, and Retry video renders it, as a first run's does."""
-        stop = (control or {}).get("stop") or threading.Event()
+        stop = (control or {}).get("stop") or StopFlag()
         seed = random.randrange(2**31) if randomize else int(seed or 0)
         previous, new = record or {}, {}
         status = ""
@@ -322,7 +381,7 @@ class Page:
                                                previous=previous), new, stop):
             status = update[4]
             yield update
-        if (new.get("stopped") or new.get("error")) and previous.get("video"):
+        if not new.get("video") and (new.get("stopped") or new.get("error")) and previous.get("video"):
             if not self.runs.kept(previous.get("folder")):  # the budget took it meanwhile
                 status = refusal(GONE)
             elif new.get("stopped"):
@@ -358,23 +417,33 @@ class Page:
 
     def on_retry(self):
         """Like `on_generate`, but the run's text stays: only its video is rendered again."""
-        control = {"stop": threading.Event()}
+        control = {"stop": StopFlag()}
         return ("Rendering the video again…", control, gr.update(interactive=False), gr.update(interactive=True),
                 gr.update(visible=False), gr.update(visible=False))
 
     def retry_video(self, record, control):
-        """Render the video again for the run's own image and text, without a new reasoning stream; a
-        story's segment from the same last frames of the story before it (kept in its folder)."""
+        """Render the video again for the run on screen, whose video failed, from its own image and
+        text, without a new reasoning stream; a story's segment from the same last frames of the
+        story before it (kept in its folder). Each retry writes a file of its own
+        (`<name>-retry<N>.mp4`), so a stopped or failed one deletes nothing another run shows."""
+        if record.get("video") or not record.get("video_error"):  # a stale button: only a failed video is retried
+            refused = refusal("Only a run whose video failed can render it again.")
+            yield record.get("preview"), record.get("video"), refused, record
+            return
         if not self.runs.reopen(record.get("folder")):  # written again: the budget leaves it alone meanwhile
             yield None, None, refusal(GONE), record
             return
-        stop = (control or {}).get("stop") or threading.Event()
-        again = {**record, "video": None, "preview": None, "video_error": None}
+        stop = (control or {}).get("stop") or StopFlag()
+        attempt = record.get("retries", 0) + 1
+        again = {**{key: value for key, value in record.items() if key != "stopped"},  # this run's, once it ends
+                 "video": None, "preview": None, "video_error": None, "retries": attempt}
+        events = None
         try:
             before = Path(record["folder"]) / story_files.BEFORE if record.get("segment", 1) > 1 else None
             events = self.run_pipeline(record["upload"], prompt=record["question"], preset=record["preset"],
                                        mode=record["mode"], seed=record["seed"], out_dir=record["folder"], stop=stop,
-                                       reasoning=record["text"], video_name=record["name"] + "-retry", story=before)
+                                       reasoning=record["text"], video_name=f"{record['name']}-retry{attempt}",
+                                       story=before)
             status = "Rendering the video again…"
             for ev in follow(events, again):
                 if again.get("error"):
@@ -385,14 +454,18 @@ class Page:
                     status = refusal(ev["message"])
                 elif ev["type"] == "thinking_complete":
                     status = summary(again)
+                if again.get("stopped") and not again["video"]:  # stopped: the video can be retried again
+                    again["video_error"] = record["video_error"]
                 yield again["preview"], again["video"], status, again
         finally:
+            end_stream(events, stop, again)
             self.runs.finish(record["folder"])
 
     def can_go_on(self, record: dict) -> bool:
-        """A finished video, still kept, whose story has room for another segment: "And then?" is offered."""
-        return (bool(record.get("video")) and not record.get("video_error") and not record.get("stopped")
-                and record.get("segment", 1) < MAX_SEGMENTS and self.runs.kept(record.get("folder")))
+        """A finished video, still kept with its story's record, whose story has room for another
+        segment: "And then?" is offered."""
+        return (bool(record.get("video")) and not record.get("video_error") and record.get("segment", 1) < MAX_SEGMENTS
+                and self.runs.kept(record.get("folder")) and story_files.record_path(record["video"]).is_file())
 
     def on_history_select(self, history, control, evt: gr.SelectData):
         """Restore a whole run (a whole story): its input, question, preset, seed, text, video and what
@@ -402,10 +475,10 @@ class Page:
         item = history[evt.index] if evt.index < len(history) else None
         if item is None or not self.runs.kept(item["folder"]):
             history = [h for h in history if h is not item and self.runs.kept(h["folder"])]
-            return (*(gr.skip(),) * 9, refusal(GONE), gr.skip(), history, gallery_of(history), gr.skip())
+            return (*(gr.skip(),) * 9, refusal(GONE), gr.skip(), history, gallery_of(history), gr.skip(), gr.skip())
         return (item["input"], item["question"], item["preset"], item["seed"], False, shown_text(item),
                 item.get("preview"), item["video"], caption(item), summary(item), item, history, gr.skip(),
-                gr.update(visible=self.can_go_on(item) and not (control or {}).get("stop")))
+                gr.update(visible=self.can_go_on(item) and not (control or {}).get("stop")), gr.update(visible=False))
 
     def on_tick(self, request: gr.Request):
         """The timer's tick while a run is on the way: its place in Gradio's queue, in words."""
@@ -439,14 +512,14 @@ class Page:
         """
         record = {}
         for _ in self.stream(image, prompt, preset or self.default_preset, "auto", random.randrange(2**31),
-                             threading.Event(), record, storage.API_OWNER, clip=clip or None):
+                             StopFlag(), record, storage.API_OWNER, clip=clip or None):
             if record.get("error"):
                 log.info("refused an API input: %s", record["error"])
                 raise gr.Error(record["error"], print_exception=False)
             yield record["text"], record["preview"], record["video"]
 
 
-def page_updates(events, record: dict, stop: threading.Event):
+def page_updates(events, record: dict, stop: StopFlag):
     """A run's events as the page's outputs: (thinking, preview, video, caption, status, record)."""
     status = "Thinking…"
     for ev in events:
@@ -464,6 +537,18 @@ def page_updates(events, record: dict, stop: threading.Event):
         elif ev["type"] == "video_frame":
             status = step_line(ev, record)
         yield shown_text(record), record["preview"], record["video"], caption(record), status, record
+
+
+def end_stream(events, stop: StopFlag, record: dict) -> None:
+    """The page is done with a run's stream. Left before the run's end (a closed page, a cancelled
+    client), the run is told to stop, in whichever process it runs (on ZeroGPU, `spaces` tells its
+    forked call only at its next event; the flag is read at every token and step), and the stream
+    is closed, which ends the GPU work."""
+    if events is not None and "stopped" not in record:
+        stop.set()
+    if events is not None:
+        events.close()
+    stop.discard()
 
 
 def gallery_of(history: list[dict]) -> list[tuple[str, str]]:
@@ -535,26 +620,28 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
                                  queue=False, **private)
         generate.click(None, js=SHOW_OUTPUT_ON_PHONES, **private)
         started.then(page.generate, inputs=[image, question, preset, mode, seed, randomize, control],
-                     outputs=[reasoning, preview, video, shown, status, record], **gpu_queue, **private).then(**ended)
+                     outputs=[reasoning, preview, video, shown, status, record], validator=page.admit_generate,
+                     **gpu_queue, **private).then(**ended)
         going_on = and_then.click(page.on_and_then, outputs=[preview, video, status, control, generate, stop, retry,
                                                              and_then, timer], queue=False, **private)
         and_then.click(None, js=SHOW_OUTPUT_ON_PHONES, **private)
         going_on.then(page.and_then, inputs=[question, mode, seed, randomize, record, control],
-                      outputs=[reasoning, preview, video, shown, status, record], **gpu_queue, **private).then(**ended)
+                      outputs=[reasoning, preview, video, shown, status, record], validator=page.admit_and_then,
+                      **gpu_queue, **private).then(**ended)
         stop.click(page.on_stop, inputs=[control], outputs=[status, stop], queue=False, **private)
         again = retry.click(page.on_retry, outputs=[status, control, generate, stop, retry, and_then], queue=False,
                             **private)
         again.then(page.retry_video, inputs=[record, control], outputs=[preview, video, status, record],
-                   **gpu_queue, **private).then(**ended)
+                   validator=page.admit_retry, **gpu_queue, **private).then(**ended)
         timer.tick(page.on_tick, outputs=[queue_note], queue=False, **private)
         image.upload(page.on_upload, inputs=[image], outputs=[image, status], queue=False, **private)
         randomize.change(lambda on: gr.update(interactive=not on), inputs=[randomize], outputs=[seed], **private)
         gallery.select(page.on_history_select, inputs=[history, control],
                        outputs=[image, question, preset, seed, randomize, reasoning, preview, video, shown, status,
-                                record, history, gallery, and_then], **private)
+                                record, history, gallery, and_then, retry], **private)
         gallery.select(None, js=SHOW_OUTPUT_ON_PHONES, **private)
         api_trigger.click(page.predict, inputs=[image, question, preset, api_clip], outputs=[reasoning, preview, video],
-                          api_name="predict", **gpu_queue)
+                          api_name="predict", validator=page.admit_predict, **gpu_queue)
     page.demo = demo
     return demo
 
@@ -590,8 +677,11 @@ def main(argv=None) -> None:
     logging.getLogger("foresight").addHandler(handler)  # the page's and the pipeline's lines
     logging.getLogger("foresight").setLevel(logging.INFO)
     started = time.perf_counter()
-    pipe, about = start(args.profile, text_mode=not args.no_text_mode, weights=args.weights,
-                        log=lambda message: print(message, flush=True))
+    try:
+        pipe, about = start(args.profile, text_mode=not args.no_text_mode, weights=args.weights,
+                            log=lambda message: print(message, flush=True))
+    except MissingHubFiles as exc:  # said in words, not as a traceback
+        raise SystemExit(f"[foresight] cannot start: {exc}") from None
     demo = build_demo(pipe, default_preset=args.preset, about=about)
     storage.keep_swept(Path(gr.utils.get_upload_folder()), CACHE_TTL_S, CACHE_MAX_MB * 2**20,
                        keep=lambda: kept_files(demo), skip=RUNS_DIR)

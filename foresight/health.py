@@ -1,9 +1,11 @@
-"""Whether the GPU still answers: judged after each run that passed its deadline.
+"""Whether the GPU still answers: judged after each run whose workers did not stop.
 
-A run past its deadline is ended and its stuck threads are abandoned (`pipeline.ForesightPipeline`);
-the next run gets fresh ones. That is enough when one stage hung (a stalled ffmpeg pipe, a
-deadlock). When the device itself hangs, every run after it would hang too: then the process
-stops taking runs, says why, and asks for a restart (`serving.restart`).
+A run whose worker does not stop (past its deadline, or after Stop) is ended and its stuck threads
+are abandoned (`pipeline.ForesightPipeline`); the next run gets fresh ones. That is enough when
+one stage hung (a stalled ffmpeg pipe, a deadlock). When the device itself hangs, every run after
+it would hang too: then the process stops taking runs, says why, and asks for a restart
+(`serving.restart`). Abandoned threads are never ended (Python cannot), and each holds what its
+run held: past MAX_ABANDONED in one process, it asks for a restart too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Callable
 
 from foresight.config import PROBE_TIMEOUT_S
 
-REPEAT_WINDOW_S = 600.0  # a second deadline this soon after the first: the device, not a stage
+REPEAT_WINDOW_S = 600.0  # a second stuck run this soon after the first: the device, not a stage
+MAX_ABANDONED = 3  # runs whose threads were left behind in this process: past it, a restart
 
 
 def probe_device(device: str) -> None:
@@ -27,19 +30,24 @@ def probe_device(device: str) -> None:
 class DeviceHealth:
     def __init__(self, device: str, probe: Callable[[], None] | None = None,
                  on_broken: Callable[[str], None] = lambda why: None, probe_timeout_s: float = PROBE_TIMEOUT_S,
-                 window_s: float = REPEAT_WINDOW_S, clock: Callable[[], float] = time.monotonic):
+                 window_s: float = REPEAT_WINDOW_S, clock: Callable[[], float] = time.monotonic,
+                 max_abandoned: int = MAX_ABANDONED):
         self.probe = probe or (lambda: probe_device(device))
         self.on_broken, self.probe_timeout_s, self.window_s, self.clock = on_broken, probe_timeout_s, window_s, clock
+        self.max_abandoned = max_abandoned
         self.broken: str | None = None  # why no run is taken any more
-        self.deadlines: list[float] = []
+        self.stuck: list[float] = []  # when each run's workers were abandoned
 
-    def after_deadline(self, timeout_s: float) -> None:
-        """A run passed its deadline of `timeout_s`: decide whether the device is gone."""
+    def after_stuck(self, why: str) -> None:
+        """A run's workers did not stop (`why`: "passed its 90 s deadline", "did not stop after Stop")
+        and were abandoned: decide whether the device is gone, or this process has left too many behind."""
         now = self.clock()
-        recent = [t for t in self.deadlines if now - t < self.window_s]
-        self.deadlines.append(now)
-        if recent:
-            self._break(f"two runs passed their {timeout_s:.0f} s deadline within {self.window_s / 60:.0f} minutes")
+        recent = [t for t in self.stuck if now - t < self.window_s]
+        self.stuck.append(now)
+        if len(self.stuck) >= self.max_abandoned:
+            self._break(f"{len(self.stuck)} runs' threads are stuck in this process (the last {why})")
+        elif recent:
+            self._break(f"two runs' workers did not stop within {self.window_s / 60:.0f} minutes (the last {why})")
         elif not self._answers():
             self._break(f"the GPU did not answer a one-kernel probe within {self.probe_timeout_s:g} s")
 

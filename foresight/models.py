@@ -5,6 +5,7 @@ Everything loads in the settings' dtype (bf16 on CUDA), safetensors only, no rem
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import logging
 import os
@@ -188,15 +189,29 @@ def prepare_video_pipeline(pipeline):
     return pipeline
 
 
+class MissingHubFiles(RuntimeError):
+    """The hub's repository has no file for a pattern a loader reads; the message says which, in words."""
+
+
 def fetch(settings: Settings, model_id: str, *parts: str) -> str:
     """The folder to load `model_id` from: under `models_dir` (or a local path) as it is, else a
-    snapshot of only the files `config.HUB_FILES` names for these parts, downloaded once."""
+    snapshot of only the files `config.HUB_FILES` names for these parts, by pattern, downloaded once
+    (what a Space preloaded is already there; the rest comes now, whatever the repository names
+    it). A pattern no file matches is said in words (MissingHubFiles), before any loader fails on it."""
     path = resolve(settings, model_id)
     if settings.models_dir is not None or Path(path).exists():
         return path
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(model_id, allow_patterns=[pattern for part in parts for pattern in HUB_FILES[part]])
+    patterns = [pattern for part in parts for pattern in HUB_FILES[part]]
+    folder = snapshot_download(model_id, allow_patterns=patterns)
+    names = [file.relative_to(folder).as_posix() for file in Path(folder).rglob("*") if file.is_file()]
+    missing = [pattern for pattern in patterns if not fnmatch.filter(names, pattern)]
+    if missing:
+        raise MissingHubFiles(f"{model_id} on the Hugging Face hub has no file matching {', '.join(missing)}, "
+                              f"which the loader reads; it has {len(names)} of the files asked for. Check the "
+                              "repository's files, or point FORESIGHT_MODELS_DIR at a local copy.")
+    return folder
 
 
 def _local_single_file(settings: Settings, spec: str) -> str:
@@ -206,5 +221,11 @@ def _local_single_file(settings: Settings, spec: str) -> str:
         return path
     from huggingface_hub import hf_hub_download
 
+    from huggingface_hub.errors import EntryNotFoundError
+
     owner, repo, filename = spec.split("/", 2)
-    return hf_hub_download(f"{owner}/{repo}", filename)
+    try:
+        return hf_hub_download(f"{owner}/{repo}", filename)
+    except EntryNotFoundError as exc:
+        raise MissingHubFiles(f"{owner}/{repo} on the Hugging Face hub has no file {filename}, which the video "
+                              "model is loaded from.") from exc

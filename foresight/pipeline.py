@@ -61,6 +61,7 @@ FALLBACK_PREDICTION = "The scene continues naturally."
 # The shapes the warm-up captures, per preset: square, cameras' 3:2 and 4:3, phones' and screens' 16:9.
 GRAPH_ASPECTS = ((1, 1), (3, 2), (2, 3), (4, 3), (3, 4), (16, 9), (9, 16))
 PREDICTION_MAX_CHARS = 320  # a prediction (30 words, vlm.PREDICTION_WORDS) is cut here
+STOP_LOOK_S = 0.25  # with no message, the conductor looks at Stop this often
 BROKEN_MESSAGE = ("The GPU has stopped answering, so no run can be made until the app restarts. "
                   "Please try again in a few minutes.")
 
@@ -135,6 +136,7 @@ class Run:
         self.rendering: VideoJob | None = None
         self.video_start: float | None = None
         self.timed_out: float | None = None  # the deadline (seconds) the run passed, if it did
+        self.stop_seen: float | None = None  # when the conductor saw Stop (its workers then have a grace to end)
 
     def now(self) -> float:
         return self.trace.now()
@@ -330,7 +332,8 @@ class ForesightPipeline:
             with run.trace.span("text", "load image", gpu=False):
                 loaded = load_image(image, notes)
             return loaded, (loaded,), preset or "default", None
-        with run.trace.span("text", "load story", gpu=False):
+        what = "story" if clip is None else "clip"
+        with run.trace.span("text", "load story", gpu=False), story_stage.said_in_words(what):
             so_far = self._story_so_far(story, clip, out_dir, preset)
             frames = tuple(Image.fromarray(frame) for frame in so_far.tail())
         return frames[-1], frames, preset or so_far.segments[-1]["preset"], so_far
@@ -340,18 +343,11 @@ class ForesightPipeline:
         """The story a continuation goes on from, linked into its own folder (`story.carry`), or a
         bare clip imported there; refused in words when it has all its segments."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            if story is None:
-                return story_stage.import_clip(clip, out_dir, PRESETS[preset or "default"])
-            so_far = story_stage.load(story)
-            so_far.check_room()
-            return story_stage.carry(so_far, out_dir)
-        except InputError:
-            raise
-        except (OSError, RuntimeError, KeyError, ValueError) as exc:  # a file gone or broken midway: in words
-            log.warning("could not read the story to continue: %r", exc)
-            raise InputError("That story could not be read, so it cannot go on. Start a new one from an image.") \
-                from exc
+        if story is None:
+            return story_stage.import_clip(clip, out_dir, PRESETS[preset or "default"])
+        so_far = story_stage.load(story)
+        so_far.check_room()
+        return story_stage.carry(so_far, out_dir)
 
     # --- the timeline: the only place that decides what happens next ----------------------------
 
@@ -361,12 +357,16 @@ class ForesightPipeline:
         try:
             self._begin(run)
             while run.finished < len(run.jobs):
+                limit = self._time_left_to(run, timeout)
                 try:
-                    if run.now() > timeout:  # also while messages keep coming
+                    if run.now() > limit:  # also while messages keep coming
                         raise queue.Empty
-                    message = run.next_message(timeout - run.now())
+                    message = run.next_message(min(limit - run.now(), STOP_LOOK_S))
                 except queue.Empty:
-                    yield self._on_deadline(run, timeout)
+                    if run.now() <= limit:  # a look at Stop, in whichever process it was pressed
+                        continue
+                    if run.stop_seen is None or limit >= timeout:
+                        yield self._on_deadline(run, timeout)
                     break
                 match message.kind:
                     case "first_token":
@@ -390,6 +390,13 @@ class ForesightPipeline:
             yield self._completed(run)
         finally:  # also on Stop / a closed client: end both workers at their next step
             self._end(run)
+
+    def _time_left_to(self, run: Run, timeout: float) -> float:
+        """The moment the conductor stops waiting for the workers: the run's deadline; once Stop is
+        seen, `stop_grace_s` after it (a worker that has not stopped by then is stuck: `_end`)."""
+        if run.stop_seen is None and run.stop.is_set():
+            run.stop_seen = run.now()
+        return timeout if run.stop_seen is None else min(timeout, run.stop_seen + self.models.settings.stop_grace_s)
 
     def _begin(self, run: Run) -> None:
         """1. The prefill, then 2. the text; or, for a video-only retry, the video at once."""
@@ -477,7 +484,7 @@ class ForesightPipeline:
 
     def _completed(self, run: Run) -> dict:
         request = run.request
-        if run.video_url and not run.stop.is_set():
+        if run.video_url:  # stopped after its mp4 or not: the story can go on from it
             try:
                 self._keep_story(run)
             except OSError as exc:  # the run stands; only its story cannot go on
@@ -517,11 +524,13 @@ class ForesightPipeline:
         run.stop.set()
         run.pacer.release()
         pending = [*run.jobs, *(early for early in run.early.values() if not early.cancel())]
-        _, stuck = futures_wait(pending, timeout=self.models.settings.stop_grace_s)
-        if stuck:
+        grace = self.models.settings.stop_grace_s
+        left = grace if run.stop_seen is None else max(0.0, run.stop_seen + grace - run.now())
+        _, stuck = futures_wait(pending, timeout=left)
+        if stuck:  # a stage hung, or the device: the health check tells which
             self._abandon(run)
-            if run.timed_out is not None:  # a stage hung, or the device: the health check tells which
-                self.health.after_deadline(run.timed_out)
+            self.health.after_stuck(f"passed its {run.timed_out:.0f} s deadline" if run.timed_out is not None
+                                    else f"did not stop within {grace:g} s of Stop")
 
     def _abandon(self, run: Run) -> None:
         run.detach()

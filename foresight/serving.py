@@ -10,10 +10,10 @@ from typing import Callable
 
 from foresight.config import PRESETS, on_zero_gpu
 from foresight.pipeline import ForesightPipeline
-from foresight.models import quiet_loaders
+from foresight.models import MissingHubFiles, quiet_loaders
 from foresight.profiles import PROFILES, load, make_settings
 
-__all__ = ["PROFILES", "about", "restart", "start"]
+__all__ = ["PROFILES", "MissingHubFiles", "about", "restart", "start"]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

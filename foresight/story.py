@@ -18,7 +18,9 @@ with its last frames and no earlier text.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from foresight.config import MAX_SEGMENTS, Preset
 from foresight.inputs import InputError, fit_size, crop_and_resize, read_clip
 from foresight.media import Mp4Writer, read_lossless, write_lossless
 
+log = logging.getLogger("foresight.story")
 RECORD = ".story.json"
 TAIL = ".tail.mkv"
 BEFORE = "before"
@@ -162,3 +165,18 @@ def locate(path: str | Path) -> tuple[Path | None, Path | None]:
     or (None, a bare clip)."""
     path = Path(path)
     return (path, None) if path.is_dir() or record_path(path).is_file() else (None, path)
+
+
+@contextlib.contextmanager
+def said_in_words(what: str = "story"):
+    """Reading a story (or importing a clip) to go on from: whatever fails in it (a file gone or
+    broken midway, ffmpeg, the record) becomes an InputError in words; InputErrors pass as they are."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a stranger's file can break any reader: said in words, logged in one line
+        log.warning("could not read the %s to continue: %r", what, exc)
+        raise InputError(f"That {what} could not be read, so it cannot go on. "
+                         + ("Start a new one from an image." if what == "story" else
+                            "Send an H.264 mp4, such as one this app made.")) from exc

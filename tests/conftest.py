@@ -83,3 +83,15 @@ def inject_out_of_memory(models, times: int):
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
     return models.video_pipeline.transformer.register_forward_hook(out_of_memory)
+
+
+def inject_video_failure(models, times: int = 1):
+    """The transformer's first `times` forwards fail (a hook; remove it): the video stage fails, the text stays."""
+    calls = {"n": 0}
+
+    def fail(module, args, output):
+        calls["n"] += 1
+        if calls["n"] <= times:
+            raise RuntimeError("injected failure")
+
+    return models.video_pipeline.transformer.register_forward_hook(fail)

@@ -8,7 +8,9 @@ import imageio.v3 as iio
 import numpy as np
 
 from foresight.config import MAX_SEGMENTS, PRESETS
+from foresight.runtime import StopFlag
 
+from conftest import inject_video_failure
 from test_app import (EXAMPLE, FAST_FRAMES, free_port, generate, launch_chromium, needs_chromium, open_page, status,
                       upload, wait_idle, wait_status)
 
@@ -102,20 +104,13 @@ def test_a_story_through_the_pages_handlers_retry_and_the_limit(models, pipe, tm
         session_hash = "visitor"
 
     page, visitor, added = app.Page(pipe, "fast"), Visitor(), PRESETS["fast"].num_frames - PRESETS["fast"].condition_frames
-    failures = {"left": 1}
-
-    def fail_once(module, args, output):
-        if failures["left"]:
-            failures["left"] -= 1
-            raise RuntimeError("injected failure")
-
     def control():
-        return {"stop": threading.Event()}
+        return {"stop": StopFlag()}
 
     *_, record = list(page.generate(EXAMPLE, "", "fast", "auto", 0, True, control(), visitor))[-1]
     history = page.on_run_end(record, [], visitor)[0]
     first = iio.imread(record["video"], plugin="FFMPEG")
-    handle = models.video_pipeline.transformer.register_forward_hook(fail_once)
+    handle = inject_video_failure(models)
     try:
         text, _, video, _, status, failed = list(page.and_then("", "auto", 2, False, history[0], control(), visitor))[-1]
     finally:
@@ -123,7 +118,7 @@ def test_a_story_through_the_pages_handlers_retry_and_the_limit(models, pipe, tm
     assert video is None and "injected failure" in status and "Retry video" in status and text.endswith(failed["text"])
     *_, status, record = list(page.retry_video(failed, control()))[-1]
     history = page.on_run_end(record, history, visitor)[0]
-    assert record["video"].endswith("-retry.mp4") and f"segment 2 of at most {MAX_SEGMENTS}" in status
+    assert record["video"].endswith("-retry1.mp4") and f"segment 2 of at most {MAX_SEGMENTS}" in status
     retried = iio.imread(record["video"], plugin="FFMPEG")
     assert retried.shape[0] == FAST_FRAMES + added and np.array_equal(retried[:FAST_FRAMES], first), \
         "the segment rendered from the story before it, which opens the mp4 as it was"
@@ -138,3 +133,52 @@ def test_a_story_through_the_pages_handlers_retry_and_the_limit(models, pipe, tm
     assert iio.imread(story, plugin="FFMPEG").shape[0] == FAST_FRAMES + (MAX_SEGMENTS - 1) * added
     *_, video, _, status, kept = list(page.and_then("", "auto", 9, False, record, control(), visitor))[-1]
     assert f"reached its {MAX_SEGMENTS} segments" in status and video == story and kept is record
+
+
+class Select:
+    """What Gradio hands `on_history_select`: the clicked thumbnail's index."""
+
+    def __init__(self, index):
+        self.index = index
+
+
+def test_the_page_keeps_what_it_shows_stop_after_the_video_and_retry_only_for_the_run_on_screen(models, pipe):
+    """Stop pressed as the mp4 arrives keeps the run (its file, its history entry, And then?); Retry
+    is offered for the failed run on screen only, a stale Retry renders nothing, and each retry
+    writes a file of its own, so a stopped one deletes nothing another entry shows."""
+    import app
+
+    class Visitor:
+        session_hash = "keeper"
+
+    page, visitor = app.Page(pipe, "fast"), Visitor()
+    control = {"stop": StopFlag()}
+    for *_, status, kept in page.generate(EXAMPLE, "", "fast", "auto", 0, True, control, visitor):
+        if kept["video"] and not control["stop"].is_set():
+            page.on_stop(control)  # the moment the mp4 appears
+    assert kept["stopped"] and kept["video"] and "the video is kept" in status
+    history, _, retry, and_then, *_ = page.on_run_end(kept, [], visitor)
+    assert [h["video"] for h in history] == [kept["video"]] and Path(kept["video"]).is_file()
+    assert not retry["visible"] and and_then["visible"], "a finished video: And then?, no Retry"
+
+    handle = inject_video_failure(models)
+    try:
+        *_, failed = list(page.generate(EXAMPLE, "", "fast", "auto", 1, False, {"stop": StopFlag()}, visitor))[-1]
+    finally:
+        handle.remove()
+    history, _, retry, *_ = page.on_run_end(failed, history, visitor)
+    assert retry["visible"] and failed["video_error"] and len(history) == 1
+    restored = page.on_history_select(history, {}, Select(0))
+    assert restored[-1]["visible"] is False, "another run on screen: Retry goes"
+    *_, status, stale = list(page.retry_video(history[0], {"stop": StopFlag()}))[-1]
+    assert "Only a run whose video failed" in status and stale["video"] == kept["video"]
+    assert Path(kept["video"]).is_file(), "a stale Retry renders nothing, deletes nothing"
+
+    stopping = {"stop": StopFlag()}
+    for preview, *_, again in page.retry_video(failed, stopping):
+        if preview:
+            page.on_stop(stopping)
+    assert again["stopped"] and not again["video"] and page.on_run_end(again, history, visitor)[2]["visible"]
+    *_, status, again = list(page.retry_video(again, {"stop": StopFlag()}))[-1]
+    assert again["video"].endswith("-retry2.mp4") and Path(again["video"]).is_file(), status
+    assert Path(kept["video"]).is_file()
