@@ -55,7 +55,7 @@ def hostile(models, pipe):
     demo = app.build_demo(pipe, default_preset="fast")
     port = free_port()
     demo.queue(max_size=QUEUE_SIZE).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
-    yield {"url": f"http://127.0.0.1:{port}", "app": app, "gate": gate}
+    yield {"url": f"http://127.0.0.1:{port}", "app": app, "gate": gate, "demo": demo}
     handle.remove()
     gate["open"].set()
     demo.close()
@@ -65,10 +65,24 @@ def served(url: str, path: Path) -> httpx.Response:
     return httpx.get(f"{url}/gradio_api/file={path}", timeout=30)
 
 
-@needs_chromium
-def test_markup_uploaded_under_any_name_comes_back_only_as_media_the_app_made(hostile, tmp_path, capfd):
-    from playwright import sync_api as playwright
+def assert_every_served_file_is_media_the_app_made(url: str, app, kinds: set[str]) -> None:
+    """Every file the runs left, fetched through the server: the type its name says, one of the
+    app's own; what each visitor sent kept apart, as sent, and never served."""
+    files = [path for path in app.RUNS_DIR.rglob("*") if path.is_file()]
+    assert {path.suffix for path in files} >= kinds
+    for path in files:
+        response = served(url, path)
+        assert response.status_code == 200, path
+        assert response.headers["content-type"] == SERVED_TYPES[path.suffix], (path, response.headers)
+    private = [path for path in (app.PRIVATE_DIR / str(os.getpid())).rglob("*") if path.is_file()]
+    assert private and all(path.read_bytes()[:2] in (b"\x89P", b"\xff\xd8") for path in private), \
+        "what each visitor sent (PNGs, the example's JPEG) is kept apart, as sent"
+    assert all(served(url, path).status_code == 403 for path in private), "and never served"
 
+
+def test_markup_uploaded_under_any_name_comes_back_only_as_media_the_app_made(hostile, tmp_path, capfd):
+    """Through the API, which takes any name. (A page's run, which keeps its input and thumbnail as
+    PNG and JPEG too, is checked in the flood test below, whose page visitor uploads such a PNG.)"""
     url, app = hostile["url"], hostile["app"]
     client = Client(url, verbose=False)
     for name in ("x.html", "x.svg", "x.xml", "x.js"):  # valid PNGs under a name of the sender's: they run
@@ -79,26 +93,7 @@ def test_markup_uploaded_under_any_name_comes_back_only_as_media_the_app_made(ho
     svg.write_bytes(b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>')
     with pytest.raises(Exception, match="could not be read as an image"):
         client.predict(handle_file(str(svg)), "", "fast", api_name="/predict")
-    with playwright.sync_playwright() as p:  # a page's run keeps its input and thumbnail for the history
-        browser = launch_chromium(p)
-        page = open_page(browser, url)
-        upload(page, png_carrying_markup(tmp_path / "page.png"))  # the page takes image names; the API any
-        page.click("#generate")
-        wait_idle(page)
-        page.wait_for_function("document.querySelectorAll('#history img').length == 1", timeout=30_000)
-        assert page.evaluate("document.title") != "owned"
-        browser.close()
-
-    files = [path for path in app.RUNS_DIR.rglob("*") if path.is_file()]
-    assert {path.suffix for path in files} >= {".mp4", ".jpg", ".png", ".json", ".mkv"}
-    for path in files:
-        response = served(url, path)
-        assert response.status_code == 200, path
-        assert response.headers["content-type"] == SERVED_TYPES[path.suffix], (path, response.headers)
-    private = [path for path in (app.PRIVATE_DIR / str(os.getpid())).rglob("*") if path.is_file()]
-    assert private and all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in private), \
-        "what each visitor sent is kept apart, as sent"
-    assert all(served(url, path).status_code == 403 for path in private), "and never served"
+    assert_every_served_file_is_media_the_app_made(url, app, {".mp4", ".jpg", ".json", ".mkv"})
     assert "Traceback" not in capfd.readouterr().err
 
 
@@ -157,7 +152,7 @@ def test_a_clip_that_is_not_what_it_claims_is_refused_in_words_before_anything_e
 
 
 @needs_chromium
-def test_one_clients_flood_is_refused_in_words_and_a_page_visitor_is_still_served(hostile, capfd):
+def test_one_clients_flood_is_refused_in_words_and_a_page_visitor_is_still_served(hostile, tmp_path, capfd):
     """A run is held on the GPU while one client asks for four more: it gets its share of places and
     is told in words past it; a second API client finds the API's share taken; a visitor of the
     page still gets a place, and every admitted run ends with its video."""
@@ -175,7 +170,7 @@ def test_one_clients_flood_is_refused_in_words_and_a_page_visitor_is_still_serve
     with playwright.sync_playwright() as p:
         browser = launch_chromium(p)
         page = open_page(browser, url)
-        upload(page, EXAMPLE)
+        upload(page, png_carrying_markup(tmp_path / "page.png"))  # the page takes image names; the API any
         refused_api = None
         try:
             other.predict(handle_file(EXAMPLE), "", "fast", api_name="/predict")
@@ -192,7 +187,10 @@ def test_one_clients_flood_is_refused_in_words_and_a_page_visitor_is_still_serve
                 outcomes.append(str(exc))
         wait_idle(page)
         assert page.locator("#video video[src]").count() == 1 and "mode · seed" in page.inner_text("#status")
+        page.wait_for_function("document.querySelectorAll('#history img').length == 1", timeout=30_000)
+        assert page.evaluate("document.title") != "owned"
         browser.close()
+    assert_every_served_file_is_media_the_app_made(url, app, {".mp4", ".jpg", ".png", ".json", ".mkv"})
     admitted = [o for o in outcomes if o.endswith(".mp4")]
     refused = [o for o in outcomes if not o.endswith(".mp4")]
     assert len(admitted) == app.PLACES_PER_VISITOR and len(refused) == 5 - app.PLACES_PER_VISITOR
