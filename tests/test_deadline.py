@@ -65,7 +65,7 @@ def test_a_second_stuck_run_soon_after_the_first_means_the_device_is_gone(models
     assert health.broken == told[0] == ("two runs' workers did not stop within 10 minutes "
                                         "(the last did not stop within 10 s of Stop)")
     pipe = ForesightPipeline(models)
-    pipe.health = health
+    pipe.runtime.health = health
     events = run_events(pipe, photo, out_dir=tmp_path)
     assert [ev["type"] for ev in events] == ["error"] and events[0]["message"] == BROKEN_MESSAGE
     assert list(tmp_path.iterdir()) == [], "no run starts"

@@ -241,7 +241,7 @@ def test_queued_runs_each_condition_their_video_on_their_own_image(pipe, photo, 
     other = photo.transpose(0).rotate(90, expand=True)  # another picture, another prefill
 
     alone = frames_of(run_events(pipe, other, mode="fused", seed=5, out_dir=tmp_path, frame_events=True))[-1]
-    thinker = pipe._workers().thinker
+    thinker = pipe.runtime.workers()["thinker"]
     gate = threading.Event()
     thinker.submit(gate.wait)  # the thinker is busy: both runs below queue behind it
     results = {}

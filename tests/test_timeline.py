@@ -37,15 +37,15 @@ def test_text_is_handed_on_at_every_token_and_only_whole_characters():
 def test_the_first_text_follows_the_first_token(pipe, photo, tmp_path, monkeypatch):
     """The first token's text is handed on before the second token is made: the order in which the
     thinker reports, not a time (a busy conductor may hand on the first few tokens' texts merged)."""
-    from foresight import pipeline as pipeline_module
+    from foresight import jobs
 
-    posted, post = [], pipeline_module.Run.post
+    posted, post = [], jobs.Run.post
 
     def recording(run, what, **data):
         posted.append((what, len(run.token_times), data.get("chunk")))
         post(run, what, **data)
 
-    monkeypatch.setattr(pipeline_module.Run, "post", recording)
+    monkeypatch.setattr(jobs.Run, "post", recording)
     events = run_events(pipe, photo, seed=1, out_dir=tmp_path)
     kind, tokens_made, text = next(entry for entry in posted if entry[0] == "text")
     assert tokens_made == 1, "reported before the second token"
@@ -122,11 +122,11 @@ class RecordingPacer(Pacer):
 def test_while_the_video_renders_the_text_is_paced_and_says_the_same(models, photo, tmp_path, monkeypatch):
     """Order and counts, not milliseconds: the pace is held from the video's start to its end, the
     tokens in between wait for it, those after do not, and nothing made changes."""
-    from foresight import pipeline as pipeline_module
+    from foresight import jobs
 
     long = with_settings(models, max_new_tokens=240)  # 6 s of text at the pace: it outlasts the video
     free = run_events(ForesightPipeline(long), photo, mode="fused", seed=4, out_dir=tmp_path, frame_events=True)
-    monkeypatch.setattr(pipeline_module, "Pacer", RecordingPacer)
+    monkeypatch.setattr(jobs, "Pacer", RecordingPacer)  # each run's pacer is made with its Run
     monkeypatch.setattr(RecordingPacer, "log", [])
     paced = run_events(ForesightPipeline(with_settings(long, text_pace=40.0)), photo, mode="fused", seed=4,
                        out_dir=tmp_path, frame_events=True)
