@@ -18,6 +18,7 @@ import os
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio loads: no telemetry unless asked
@@ -27,11 +28,13 @@ from gradio.data_classes import FileData  # noqa: E402
 
 from foresight import storage  # noqa: E402
 from foresight import story as story_files  # noqa: E402
-from foresight.config import MAX_SEGMENTS, PRESETS, ZERO_GPU_DURATION_S, on_zero_gpu  # noqa: E402
+from foresight.config import PRESETS, ZERO_GPU_DURATION_S, on_zero_gpu  # noqa: E402
 from foresight.events import event  # noqa: E402
 from foresight.inputs import MAX_QUESTION_CHARS, MAX_UPLOAD_MB, InputError, check_upload  # noqa: E402
 from foresight.runtime import StopFlag  # noqa: E402
 from foresight.serving import PROFILES, MissingHubFiles, start  # noqa: E402
+from foresight.session import GONE, PageSession, RunRecord, refusal, status_line, summary  # noqa: E402
+from foresight.story import RunFiles  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # Run folders live inside Gradio's upload folder (GRADIO_TEMP_DIR) and are served from there as they
@@ -46,13 +49,10 @@ API_KEEP_S = int(os.environ.get("FORESIGHT_API_KEEP_S", 900))  # an API or MCP r
 SESSION_TTL_S = int(os.environ.get("FORESIGHT_SESSION_TTL", 24 * 3600))  # a page's runs, after its last run
 CACHE_TTL_S = int(os.environ.get("FORESIGHT_CACHE_TTL", 3600))  # uploads in Gradio's cache are kept for this long...
 CACHE_MAX_MB = int(os.environ.get("FORESIGHT_CACHE_MAX_MB", 1024))  # ...and to this size
-HISTORY_SIZE = 12  # runs a session's history keeps
 # The GPU's queue is shared fairly: no visitor (a page session, an API client) holds more than this
 # many places, waiting or running; API and MCP calls together no more than this share of its places.
 PLACES_PER_VISITOR = 2
 API_SHARE = 0.5
-GONE = "That run is no longer kept on the server: it made room for newer runs, or this page was idle too long."
-AND_THEN = "\n\n— And then —\n"  # between a story's segments in the thinking box
 MODE_CHOICES = [("Auto", "auto"), ("Fused (bridge)", "fused"), ("Text (T5)", "text")]
 # Gradio sizes gallery columns by item count (one run = one full-width tile): keep thumbnails small.
 CSS = """
@@ -125,56 +125,6 @@ def preset_label(name: str) -> str:
     return f"{name.capitalize()} · {preset.width}×{preset.height} · {preset.seconds:.1f} s"
 
 
-def refusal(message: str) -> str:
-    return f"⚠️ {message}"
-
-
-def rendering_line(start: dict) -> str:
-    seconds = start["num_frames"] / start["fps"]
-    return f"{start['width']}×{start['height']}, {start['num_frames']} frames ({seconds:.1f} s at {start['fps']} fps)"
-
-
-def caption(record: dict) -> str:
-    if record.get("mode") == "text" and record.get("prediction"):
-        return (f"**The video shows:** “{record['prediction']}”  \n"
-                "Text mode: the video is conditioned on this line of the model's thinking.")
-    if record.get("mode") == "fused":
-        return "Fused mode: the video is conditioned on the image and the model's thinking through the learned bridge."
-    return ""
-
-
-def summary(record: dict) -> str:
-    """The status line once a run has ended."""
-    if record.get("stopped") and not record.get("video"):
-        return "Stopped."
-    parts = [f"**{record['mode']}** mode", f"seed {record['seed']}", f"rendered at {record['size']}"]
-    if record.get("segment", 1) > 1:
-        story = f" (the story: {record['story_s']:.1f} s)" if record.get("video") else ""
-        parts.insert(0, f"segment {record['segment']} of at most {MAX_SEGMENTS}{story}")
-    for label, key in (("first text", "ttft"), ("first preview", "first_frame"), ("video", "video_ready")):
-        if record.get(key) is not None:
-            parts.append(f"{label} {record[key]:.2f} s")
-    lines = [" · ".join(parts)]
-    if record.get("stopped"):
-        lines.append("ℹ️ Stopped after the video was made: the video is kept, the reasoning ends where it was.")
-    lines += [f"ℹ️ {note}" for note in record.get("notes", [])]
-    if record.get("video_error"):
-        lines.append(f"⚠️ {record['video_error']} Press **Retry video** to render it again.")
-    return "  \n".join(lines)
-
-
-def shown_text(record: dict) -> str:
-    """The thinking box: the story's earlier segments' reasoning, then this one's."""
-    return record.get("earlier", "") + record.get("text", "")
-
-
-def step_line(ev: dict, record: dict) -> str:
-    """The status line as the video denoises: which step, and which segment of a story."""
-    step = f"step {ev['step'] + 1}/{ev['num_steps']}"
-    segment = record.get("segment", 1)
-    return f"Segment {segment} of at most {MAX_SEGMENTS} · {step}" if segment > 1 else f"Rendering {step}"
-
-
 def waiting_line(ahead: int, seconds: float | None) -> str:
     runs = "1 run" if ahead == 1 else f"{ahead} runs"
     return f"Waiting: {runs} ahead" + (f" (about {seconds:.0f} s)" if seconds else "") + "."
@@ -221,36 +171,55 @@ def refused_a_place(demo: gr.Blocks, session_hash: str, api: bool) -> str | None
     return None
 
 
-def follow(events, record: dict):
-    """The pipeline's events, passed on, with `record` kept up to date: its text, its latest preview
-    (as a file), its video, what was said about it."""
-    for ev in events:
-        if ev["type"] == "thinking_start":
-            record.update(mode=ev["mode"], size=rendering_line(ev), notes=[n for n in [ev["note"], *ev["input_notes"]]
-                                                                          if n], preset=ev["preset"],
-                          segment=ev["segment"], seed=ev["seed"])
-        elif ev["type"] == "text_chunk":
-            record["text"] += ev["content"]
-        elif ev["type"] == "video_frame":
-            record["preview"] = ev["path"]  # the JPEG the pipeline wrote in the run's folder
-        elif ev["type"] == "video_complete":
-            record.update(video=ev["video_url"], video_error=None, story_s=ev["num_frames"] / ev["fps"])
-        elif ev["type"] == "error" and ev["stage"] == "video" and not ev.get("retry_preset"):
-            record["video_error"] = ev["message"]
-        elif ev["type"] == "error" and ev["stage"] in ("input", "run"):  # refused, ended at its deadline, or no GPU
-            record["error"] = ev["message"]
-        elif ev["type"] == "error":
-            record["notes"].append(ev["message"])
-        elif ev["type"] == "thinking_complete":
-            record.update({k: ev[k] for k in ("stopped", "prediction", "ttft", "first_frame", "video_ready")})
-        yield ev
+def end_stream(events, stop: StopFlag, record: RunRecord) -> None:
+    """The page is done with a run's stream. Left before the run's end (a closed page, a cancelled
+    client), the run is told to stop, in whichever process it runs (on ZeroGPU, `spaces` tells its
+    forked call only at its next event; the flag is read at every token and step), and the stream
+    is closed, which ends the GPU work."""
+    if events is not None and record.stopped is None:
+        stop.set()
+    if events is not None:
+        events.close()
+    stop.discard()
+
+
+def gallery_of(history: list[RunRecord]) -> list[tuple[str, str]]:
+    return [(h.thumbnail, h.text[:60]) for h in history]
+
+
+@dataclass
+class Components:
+    """The page's components a handler updates, set by `build_demo`."""
+
+    image: gr.Image
+    question: gr.Textbox
+    preset: gr.Radio
+    seed: gr.Number
+    randomize: gr.Checkbox
+    generate: gr.Button
+    stop: gr.Button
+    status: gr.Markdown
+    queue_note: gr.Markdown
+    reasoning: gr.Textbox
+    preview: gr.Image
+    video: gr.Video
+    caption: gr.Markdown
+    retry: gr.Button
+    and_then: gr.Button
+    gallery: gr.Gallery
+    control: gr.State
+    record: gr.State
+    history: gr.State
+    timer: gr.Timer
 
 
 class Page:
-    """The page's handlers, one for each thing a visitor does. They hold the pipeline and the page's
-    settings and touch no model. Streaming handlers yield plain values, never gr.update()/gr.skip():
-    in Gradio 6.31 a prop update yielded from a generator leaves a new component in the session for
-    as long as it lives (docs/PITFALLS.md)."""
+    """The page's handlers, one for each thing a visitor does; each answers with the components it
+    changes (`{component: value}`). They hold the pipeline, the run store and the page's settings,
+    and touch no model: a session's runs and history are `session.PageSession`'s, a run's record
+    `session.RunRecord`'s. Streaming handlers yield plain values for every output, never
+    gr.update()/gr.skip(): in Gradio 6.31 a prop update yielded from a generator leaves a new
+    component in the session for as long as it lives (docs/PITFALLS.md)."""
 
     def __init__(self, pipe, default_preset: str = "default"):
         self.pipe, self.default_preset = pipe, default_preset
@@ -258,244 +227,192 @@ class Page:
         # bookkeeping (the runs, the history) stays in this one.
         self.run_pipeline = on_gpu(pipe.__call__)
         self.demo: gr.Blocks | None = None  # set by build_demo: the queue the waiting line reads
+        self.ui: Components | None = None  # set by build_demo
         self.runs = storage.RunStore(RUNS_DIR, PRIVATE_DIR, RUNS_MAX_MB * 2**20, API_KEEP_S, is_live=self.is_live)
-
-    def admit(self, request: gr.Request, inputs: int, api: bool = False) -> list[dict]:
-        """The GPU queue's fair share (`refused_a_place`), checked before a run takes a place (Gradio's
-        `validator`, one verdict per input of the event): refused, the client is told in words on
-        its first input, and nothing is queued."""
-        refused = refused_a_place(self.demo, request.session_hash, api)
-        if refused:
-            log.info("refused a place on the GPU's queue: %s", refused)
-        return [gr.validate(not refused, refused or ""), *(gr.validate(True, ""),) * (inputs - 1)]
-
-    # Gradio calls a validator with the event's own inputs, then the request.
-    def admit_generate(self, image, question, preset, mode, seed, randomize, control, request: gr.Request):
-        return self.admit(request, 7)
-
-    def admit_and_then(self, question, mode, seed, randomize, record, control, request: gr.Request):
-        return self.admit(request, 6)
-
-    def admit_retry(self, record, control, request: gr.Request):
-        return self.admit(request, 2)
-
-    def admit_predict(self, image, prompt, preset, clip, request: gr.Request):
-        return self.admit(request, 4, api=True)
 
     def is_live(self, session: str) -> bool:
         """Whether Gradio still holds this session (it drops sessions past its capacity without a word);
         RunStore asks it of page sessions only."""
-        holder = getattr(self.demo, "state_holder", None)
-        return holder is None or session in holder
+        demo = self.demo  # a page laid out but not served (its handlers called directly) drops no one
+        return demo is None or not demo.is_running or session in demo.state_holder
 
-    def stream(self, image_path, question, preset, mode, seed, stop, record, owner, previous=None, clip=None):
-        """The pipeline's events for one run, with `record` kept up to date; the run works on its own
-        copy of the upload, in its private folder (`owner`'s run), which its history and a retry use
-        too. `stop`: a `runtime.StopFlag` (it crosses into ZeroGPU's process). `previous`: the record
-        of the story this run continues ("And then?"); `clip`: a bare mp4 to continue (the API's).
-        A run that made its mp4 is kept, stopped or not; one that made only text, for Retry video."""
-        record.update(folder=None, upload=None, name=storage.video_name(image_path, seed), question=question or "",
-                      preset=preset, seed=seed, text="", notes=[], preview=None, video=None)
-        folder, events = None, None
+    def session(self, owner: str, history: list[RunRecord] | None = None) -> PageSession:
+        return PageSession(self.runs, owner, history or [])
+
+    # --- one run, as the page (and the API) make it ---------------------------------------------
+
+    def stream(self, session: PageSession, record: RunRecord, stop: StopFlag, image=None, mode: str = "auto",
+               previous: RunRecord | None = None, clip=None):
+        """The pipeline's events for one run, `record` kept up to date: in a new folder of the
+        session's (kept if it made its mp4, or its text for Retry video; else let go), on its own
+        copy of the upload, or going on from the story `previous` shows, or from a bare `clip`
+        (the API's), carried or imported once, here in the app's process (on ZeroGPU, not on the
+        GPU's time). A refusal before the run (the owner's share, a story gone) is one error event."""
         try:
-            folder = self.runs.new(owner)
-            upload = storage.keep_upload(image_path, self.runs.private(folder))
-            record.update(folder=str(folder), upload=upload and str(upload))
-            story = self._story_to_continue(previous, clip, preset, folder, record)
-            events = self.run_pipeline(upload, prompt=question or "", preset=preset, seed=seed, stop=stop,
-                                       mode=None if mode == "auto" else mode, out_dir=folder, video_name=record["name"],
-                                       story=story)
-            yield from follow(events, record)
-        except InputError as exc:  # refused before the run: over its owner's share, or no story to go on from
-            yield from follow([event("error", 0.0, stage="input", recoverable=True, message=str(exc))], record)
-        finally:
-            end_stream(events, stop, record)
-            if folder is not None:
-                if record.get("video") or (record.get("stopped") is False and not record.get("error")):
-                    self.runs.finish(folder)
-                else:
-                    self.runs.release([folder])
+            with session.run(record) as folder:
+                events = None
+                try:
+                    record.upload = storage.keep_upload(image, self.runs.private(folder))
+                    files = self.files_for(session, record, folder, previous, clip)
+                    events = self.run_pipeline(record.upload, prompt=record.question, preset=record.preset,
+                                               mode=None if mode == "auto" else mode, seed=record.seed, stop=stop,
+                                               files=files)
+                    for ev in events:
+                        record.follow(ev)
+                        yield ev
+                finally:
+                    end_stream(events, stop, record)
+        except InputError as exc:
+            refused = event("error", 0.0, stage="input", recoverable=True, message=str(exc))
+            record.follow(refused)
+            yield refused
 
-    def _story_to_continue(self, previous, clip, preset, folder: Path, record: dict) -> Path | None:
-        """What this run continues, in its own folder: the story the page shows (`_carry_story`), or
-        a bare clip imported under the clip budget, here in the app's process (on ZeroGPU, not on
-        the GPU's time) -> its mp4, None for a first run; InputError, in words, when it cannot."""
+    def files_for(self, session: PageSession, record: RunRecord, folder: Path, previous, clip) -> RunFiles:
+        """Where the run's files go: a first run's, a story's next segment's, or a bare clip's."""
         if previous is not None:
-            story = self._carry_story(previous, folder, record)
-            if story is None:
-                raise InputError(GONE)
-            return story
-        if clip is None:
-            return None
-        with story_files.said_in_words("clip"):
-            return story_files.import_clip(clip, folder, PRESETS.get(preset, PRESETS["default"])).video
+            return session.going_on(previous, record)
+        if clip is not None:
+            return RunFiles.going_on(folder, record.name, clip=clip, preset=PRESETS.get(record.preset))
+        return RunFiles.first(folder, record.name)
 
-    def _carry_story(self, previous: dict, folder: Path, record: dict) -> Path | None:
-        """The story `previous` shows, linked into the new run's folder (its input and thumbnail
-        too, for the history), so that it stays whatever the budget does to the older folder; its
-        mp4 (in `before/`) -> the story to continue. None if it is no longer kept."""
-        try:
-            if not self.runs.kept(previous.get("folder")):
-                return None
-            story = story_files.carry(story_files.load(previous["video"]), folder)
-            kept = {key: str(story_files.link_or_copy(Path(previous[key]), folder / Path(previous[key]).name))
-                    for key in ("input", "thumbnail")}
-        except (OSError, InputError, KeyError) as exc:
-            log.info("could not continue a story: %s", exc)
-            return None
-        story_name = previous.get("story_name", previous["name"])
-        record.update(kept, earlier=shown_text(previous) + AND_THEN, continues=previous["folder"], upload=None,
-                      story_name=story_name, name=f"{story_name}-then{len(story.segments) + 1}")
-        return story.video
+    def shown(self, record: RunRecord, events, stop: StopFlag, waiting: str, outputs: tuple):
+        """A run's events as the page's `outputs`, every one of them each time, in plain values."""
+        ui, status = self.ui, waiting
+        for ev in events:
+            status = status_line(record, ev, stop.is_set()) or status
+            values = {ui.reasoning: record.shown_text, ui.preview: record.preview, ui.video: record.video,
+                      ui.caption: record.caption, ui.status: status, ui.record: record}
+            yield {component: values[component] for component in outputs}
+
+    # --- the handlers ------------------------------------------------------------------------------
 
     def on_generate(self):
         """Clear the last run, lock Generate until this one has really ended, and say it is waiting."""
-        control = {"stop": StopFlag()}
-        return ("", None, None, "", "Waiting for the GPU…", control, {}, gr.update(interactive=False),
-                gr.update(interactive=True), gr.update(visible=False), gr.update(visible=False), gr.Timer(active=True))
+        ui = self.ui
+        return {ui.reasoning: "", ui.preview: None, ui.video: None, ui.caption: "", ui.status: "Waiting for the GPU…",
+                ui.control: StopFlag(), ui.record: RunRecord(), **self.locked()}
 
     def generate(self, image, question, preset, mode, seed, randomize, control, request: gr.Request):
         """One run for the page: text, preview then video in one place, status in words."""
-        stop = (control or {}).get("stop") or StopFlag()
-        seed = random.randrange(2**31) if randomize else int(seed or 0)
-        record = {}
-        yield from page_updates(self.stream(image, question, preset, mode, seed, stop, record, request.session_hash),
-                                record, stop)
+        stop, seed = control or StopFlag(), random.randrange(2**31) if randomize else int(seed or 0)
+        record = RunRecord(name=storage.video_name(image, seed), question=question or "", preset=preset, seed=seed)
+        events = self.stream(self.session(request.session_hash), record, stop, image=image, mode=mode)
+        yield from self.shown(record, events, stop, "Thinking…", self.run_outputs)
 
     def on_and_then(self):
         """Like `on_generate`, but the story's text stays: the new segment's follows it."""
-        control = {"stop": StopFlag()}
-        return (None, None, "Waiting for the GPU…", control, gr.update(interactive=False), gr.update(interactive=True),
-                gr.update(visible=False), gr.update(visible=False), gr.Timer(active=True))
+        ui = self.ui
+        return {ui.preview: None, ui.video: None, ui.status: "Waiting for the GPU…", ui.control: StopFlag(),
+                **self.locked()}
 
     def and_then(self, question, mode, seed, randomize, record, control, request: gr.Request):
         """The story the page shows goes on: Qwen looks at its last frame, LTX renders the next
         segment from its last frames, and the video becomes the whole story. Stopped or refused,
         the page shows the story as it was, which is still kept; a segment whose video failed keeps
         its text, and Retry video renders it, as a first run's does."""
-        stop = (control or {}).get("stop") or StopFlag()
-        seed = random.randrange(2**31) if randomize else int(seed or 0)
-        previous, new = record or {}, {}
-        status = ""
-        for update in page_updates(self.stream(None, question, None, mode, seed, stop, new, request.session_hash,
-                                               previous=previous), new, stop):
-            status = update[4]
-            yield update
-        if not new.get("video") and (new.get("stopped") or new.get("error")) and previous.get("video"):
-            if not self.runs.kept(previous.get("folder")):  # the budget took it meanwhile
-                status = refusal(GONE)
-            elif new.get("stopped"):
-                status = "Stopped: the story so far is kept."
-            yield shown_text(previous), previous.get("preview"), previous["video"], caption(previous), status, previous
+        stop, previous = control or StopFlag(), record
+        new = RunRecord(question=question or "", preset=None, seed=random.randrange(2**31) if randomize else int(seed or 0))
+        session, shown = self.session(request.session_hash), None
+        events = self.stream(session, new, stop, mode=mode, previous=previous)
+        for shown in self.shown(new, events, stop, "Thinking…", self.run_outputs):
+            yield shown
+        if not new.video and (new.stopped or new.error) and previous.video:  # the story as it was
+            said = refusal(GONE) if not self.runs.kept(previous.folder) else \
+                "Stopped: the story so far is kept." if new.stopped else shown[self.ui.status]
+            ui = self.ui
+            yield {ui.reasoning: previous.shown_text, ui.preview: previous.preview, ui.video: previous.video,
+                   ui.caption: previous.caption, ui.status: said, ui.record: previous}
 
     def on_stop(self, control):
         """Stop is a state: the run ends at its next token or denoising step, then `on_run_end` unlocks."""
-        if control and control.get("stop"):
-            control["stop"].set()
-        return "Stopping…", gr.update(interactive=False)
+        if control is not None:
+            control.set()
+        return {self.ui.status: "Stopping…", self.ui.stop: gr.update(interactive=False)}
 
     def on_run_end(self, record, history, request: gr.Request):
-        """The run has ended on the server: unlock Generate, keep it in the history; the session now
-        shows its history and this run, and lets go of the rest. No run is on its way any more
-        (`control` cleared)."""
-        try:
-            if record.get("video") and self.runs.kept(record.get("folder")):
-                if "input" not in record:
-                    source, thumbnail = storage.save_input(record["upload"], Path(record["folder"]))
-                    record = {**record, "input": str(source), "thumbnail": str(thumbnail)}
-                # A retried run replaces itself; a story's new segment replaces the segment it continued:
-                # the history keeps a story as one entry, which restores all of it.
-                replaced = {record["folder"], record.get("continues")}
-                history = [record, *(h for h in history if h["folder"] not in replaced)][:HISTORY_SIZE]
-        except (OSError, InputError) as exc:  # the page must unlock whatever happened to the files
-            log.info("could not keep the run in the history: %s", exc)
-        self.runs.hold(request.session_hash, [*(h["folder"] for h in history), record.get("folder")])
-        history = [h for h in history if self.runs.kept(h["folder"])]  # the budget may have taken some
-        return (history, gallery_of(history), gr.update(visible=bool(record.get("video_error"))),
-                gr.update(visible=self.can_go_on(record)), gr.update(interactive=True), gr.update(interactive=False),
-                gr.Timer(active=False), "", record, {})
+        """The run has ended on the server: unlock Generate, keep it in the history (the session
+        lets go of the rest), and offer Retry video or And then? as the run allows."""
+        session = self.session(request.session_hash, history)
+        history = session.ended(record)
+        ui = self.ui
+        return {ui.history: history, ui.gallery: gallery_of(history), ui.retry: gr.update(visible=record.can_retry),
+                ui.and_then: gr.update(visible=session.can_go_on(record)), ui.generate: gr.update(interactive=True),
+                ui.stop: gr.update(interactive=False), ui.timer: gr.Timer(active=False), ui.queue_note: "",
+                ui.record: record, ui.control: None}
 
     def on_retry(self):
         """Like `on_generate`, but the run's text stays: only its video is rendered again."""
-        control = {"stop": StopFlag()}
-        return ("Rendering the video again…", control, gr.update(interactive=False), gr.update(interactive=True),
-                gr.update(visible=False), gr.update(visible=False))
+        return {self.ui.status: "Rendering the video again…", self.ui.control: StopFlag(), **self.locked()}
 
-    def retry_video(self, record, control):
+    def retry_video(self, record, control, request: gr.Request):
         """Render the video again for the run on screen, whose video failed, from its own image and
         text, without a new reasoning stream; a story's segment from the same last frames of the
         story before it (kept in its folder). Each retry writes a file of its own
         (`<name>-retry<N>.mp4`), so a stopped or failed one deletes nothing another run shows."""
-        if record.get("video") or not record.get("video_error"):  # a stale button: only a failed video is retried
-            refused = refusal("Only a run whose video failed can render it again.")
-            yield record.get("preview"), record.get("video"), refused, record
+        ui, stop, again = self.ui, control or StopFlag(), record.again()
+        if not record.can_retry:  # a stale button: only a failed video is retried
+            yield {ui.preview: record.preview, ui.video: record.video, ui.record: record,
+                   ui.status: refusal("Only a run whose video failed can render it again.")}
             return
-        if not self.runs.reopen(record.get("folder")):  # written again: the budget leaves it alone meanwhile
-            yield None, None, refusal(GONE), record
-            return
-        stop = (control or {}).get("stop") or StopFlag()
-        attempt = record.get("retries", 0) + 1
-        again = {**{key: value for key, value in record.items() if key != "stopped"},  # this run's, once it ends
-                 "video": None, "preview": None, "video_error": None, "retries": attempt}
-        events = None
+        with self.session(request.session_hash).retry(record) as kept:
+            if not kept:
+                yield {ui.preview: None, ui.video: None, ui.status: refusal(GONE), ui.record: record}
+                return
+            shown = None
+            for shown in self.shown(again, self.rerender(again, stop), stop, "Rendering the video again…",
+                                    self.retry_outputs):
+                yield shown
+        if again.stopped and not again.video:  # stopped: the video can be retried again
+            again.video_error = record.video_error
+            yield {**shown, ui.record: again}
+
+    def rerender(self, again: RunRecord, stop: StopFlag):
+        """A video-only retry's events, `again` kept up to date: into `<name>-retry<N>.mp4` of its folder."""
+        folder, name, events = Path(again.folder), f"{again.name}-retry{again.retries}", None
         try:
-            before = Path(record["folder"]) / story_files.BEFORE if record.get("segment", 1) > 1 else None
-            events = self.run_pipeline(record["upload"], prompt=record["question"], preset=record["preset"],
-                                       mode=record["mode"], seed=record["seed"], out_dir=record["folder"], stop=stop,
-                                       reasoning=record["text"], video_name=f"{record['name']}-retry{attempt}",
-                                       story=before)
-            status = "Rendering the video again…"
-            for ev in follow(events, again):
-                if again.get("error"):
-                    status = refusal(again["error"])
-                elif ev["type"] == "video_frame":
-                    status = step_line(ev, again)
-                elif ev["type"] == "error":
-                    status = refusal(ev["message"])
-                elif ev["type"] == "thinking_complete":
-                    status = summary(again)
-                if again.get("stopped") and not again["video"]:  # stopped: the video can be retried again
-                    again["video_error"] = record["video_error"]
-                yield again["preview"], again["video"], status, again
+            files = RunFiles.going_on(folder, name, story=folder / story_files.BEFORE) if again.segment > 1 else \
+                RunFiles.first(folder, name)
+            events = self.run_pipeline(again.upload, prompt=again.question, preset=again.preset, mode=again.mode,
+                                       seed=again.seed, stop=stop, reasoning=again.text, files=files)
+            for ev in events:
+                again.follow(ev)
+                yield ev
         finally:
             end_stream(events, stop, again)
-            self.runs.finish(record["folder"])
 
-    def can_go_on(self, record: dict) -> bool:
-        """A finished video, still kept with its story's record, whose story has room for another
-        segment: "And then?" is offered."""
-        return (bool(record.get("video")) and not record.get("video_error") and record.get("segment", 1) < MAX_SEGMENTS
-                and self.runs.kept(record.get("folder")) and story_files.record_path(record["video"]).is_file())
-
-    def on_history_select(self, history, control, evt: gr.SelectData):
+    def on_history_select(self, history, control, evt: gr.SelectData, request: gr.Request):
         """Restore a whole run (a whole story): its input, question, preset, seed, text, video and what
         was said. A run whose files are gone (the server's budget, or a session idle past its time)
         leaves the history, in words. While a run is on its way (`control` holds its Stop), "And
-        then?" stays hidden: it would start a second run beside it."""
-        item = history[evt.index] if evt.index < len(history) else None
-        if item is None or not self.runs.kept(item["folder"]):
-            history = [h for h in history if h is not item and self.runs.kept(h["folder"])]
-            return (*(gr.skip(),) * 9, refusal(GONE), gr.skip(), history, gallery_of(history), gr.skip(), gr.skip())
-        return (item["input"], item["question"], item["preset"], item["seed"], False, shown_text(item),
-                item.get("preview"), item["video"], caption(item), summary(item), item, history, gr.skip(),
-                gr.update(visible=self.can_go_on(item) and not (control or {}).get("stop")), gr.update(visible=False))
+        then?" stays hidden: it would start a second run beside it; Retry video is for the run on
+        screen only, so it goes."""
+        ui, session = self.ui, self.session(request.session_hash, history)
+        item = session.select(evt.index)
+        if item is None:
+            return {ui.status: refusal(GONE), ui.history: session.history, ui.gallery: gallery_of(session.history)}
+        return {ui.image: item.input, ui.question: item.question, ui.preset: item.preset, ui.seed: item.seed,
+                ui.randomize: False, ui.reasoning: item.shown_text, ui.preview: item.preview, ui.video: item.video,
+                ui.caption: item.caption, ui.status: summary(item), ui.record: item, ui.history: session.history,
+                ui.and_then: gr.update(visible=session.can_go_on(item) and control is None),
+                ui.retry: gr.update(visible=False)}
 
     def on_tick(self, request: gr.Request):
         """The timer's tick while a run is on the way: its place in Gradio's queue, in words."""
         position = queue_position(self.demo, request.session_hash)
-        return "" if position is None or position[0] == 0 else waiting_line(*position)
+        return {self.ui.queue_note: "" if position is None or position[0] == 0 else waiting_line(*position)}
 
     def on_upload(self, image):
         """Refuse a file that is not an image, or too big, when it is uploaded, not only at Generate:
         from its header, so that the run decodes it once."""
+        ui = self.ui
         if image is None:
-            return None, "Ready."
+            return {ui.image: None, ui.status: "Ready."}
         try:
             notes = check_upload(image)
         except InputError as exc:
             log.info("refused an upload: %s", exc)
-            return None, refusal(str(exc))
-        return image, "  \n".join(["Ready."] + [f"ℹ️ {note}" for note in notes])
+            return {ui.image: None, ui.status: refusal(str(exc))}
+        return {ui.image: image, ui.status: "  \n".join(["Ready."] + [f"ℹ️ {note}" for note in notes])}
 
     def predict(self, image=None, prompt: str = "", preset: str | None = None, clip=None):
         """Look at one image, reason about it out loud, and render a short video of what happens next; or continue a clip.
@@ -510,55 +427,60 @@ class Page:
             the clip's last preview frame (a JPEG)
             the clip (an mp4)
         """
-        record = {}
-        for _ in self.stream(image, prompt, preset or self.default_preset, "auto", random.randrange(2**31),
-                             StopFlag(), record, storage.API_OWNER, clip=clip or None):
-            if record.get("error"):
-                log.info("refused an API input: %s", record["error"])
-                raise gr.Error(record["error"], print_exception=False)
-            yield record["text"], record["preview"], record["video"]
+        seed = random.randrange(2**31)
+        record = RunRecord(name=storage.video_name(image, seed), question=prompt or "",
+                           preset=preset or self.default_preset, seed=seed)
+        for _ in self.stream(self.session(storage.API_OWNER), record, StopFlag(), image=image, clip=clip or None):
+            if record.error:
+                log.info("refused an API input: %s", record.error)
+                raise gr.Error(record.error, print_exception=False)
+            yield {self.ui.reasoning: record.text, self.ui.preview: record.preview, self.ui.video: record.video}
+
+    # --- what the handlers share -------------------------------------------------------------------
+
+    def locked(self) -> dict:
+        """While a run is on its way: Generate locked, Stop open, Retry and And then? hidden, the timer on."""
+        ui = self.ui
+        return {ui.generate: gr.update(interactive=False), ui.stop: gr.update(interactive=True),
+                ui.retry: gr.update(visible=False), ui.and_then: gr.update(visible=False), ui.timer: gr.Timer(active=True)}
+
+    @property
+    def run_outputs(self) -> tuple:
+        ui = self.ui
+        return ui.reasoning, ui.preview, ui.video, ui.caption, ui.status, ui.record
+
+    @property
+    def retry_outputs(self) -> tuple:
+        ui = self.ui
+        return ui.preview, ui.video, ui.status, ui.record
+
+    # Gradio calls a validator with the event's own inputs, then the request.
+    def admit(self, request: gr.Request, inputs: int, api: bool = False) -> list[dict]:
+        """The GPU queue's fair share (`refused_a_place`), checked before a run takes a place (Gradio's
+        `validator`, one verdict per input of the event): refused, the client is told in words on
+        its first input, and nothing is queued."""
+        refused = refused_a_place(self.demo, request.session_hash, api)
+        if refused:
+            log.info("refused a place on the GPU's queue: %s", refused)
+        return [gr.validate(not refused, refused or ""), *(gr.validate(True, ""),) * (inputs - 1)]
+
+    def admit_generate(self, image, question, preset, mode, seed, randomize, control, request: gr.Request):
+        return self.admit(request, 7)
+
+    def admit_and_then(self, question, mode, seed, randomize, record, control, request: gr.Request):
+        return self.admit(request, 6)
+
+    def admit_retry(self, record, control, request: gr.Request):
+        return self.admit(request, 2)
+
+    def admit_predict(self, image, prompt, preset, clip, request: gr.Request):
+        return self.admit(request, 4, api=True)
 
 
-def page_updates(events, record: dict, stop: StopFlag):
-    """A run's events as the page's outputs: (thinking, preview, video, caption, status, record)."""
-    status = "Thinking…"
-    for ev in events:
-        if record.get("error"):
-            log.info("a run ended without running: %s", record["error"])
-            status = refusal(record["error"])
-        elif ev["type"] == "thinking_complete":
-            status = summary(record)
-        elif stop.is_set():  # whatever still streams in, Stop was pressed
-            status = "Stopping…"
-        elif ev["type"] == "thinking_start":
-            status = f"Thinking… · {record['size']}"
-            if record["segment"] > 1:
-                status = f"Segment {record['segment']} of at most {MAX_SEGMENTS} · thinking… · {record['size']}"
-        elif ev["type"] == "video_frame":
-            status = step_line(ev, record)
-        yield shown_text(record), record["preview"], record["video"], caption(record), status, record
-
-
-def end_stream(events, stop: StopFlag, record: dict) -> None:
-    """The page is done with a run's stream. Left before the run's end (a closed page, a cancelled
-    client), the run is told to stop, in whichever process it runs (on ZeroGPU, `spaces` tells its
-    forked call only at its next event; the flag is read at every token and step), and the stream
-    is closed, which ends the GPU work."""
-    if events is not None and "stopped" not in record:
-        stop.set()
-    if events is not None:
-        events.close()
-    stop.discard()
-
-
-def gallery_of(history: list[dict]) -> list[tuple[str, str]]:
-    return [(h["thumbnail"], h["text"][:60]) for h in history]
-
-
-def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blocks:
-    """The page's layout and wiring; `Page` holds what each event does. The preview and the video
+def build_demo(page: Page, about: str = "") -> gr.Blocks:
+    """The page's layout and wiring; `page` holds what each event does. The preview and the video
     share one place through CSS (the video hides the preview once it has a source)."""
-    page = Page(pipe, default_preset)
+    pipe, default_preset = page.pipe, page.default_preset
     gr.set_static_paths([RUNS_DIR])  # untracked by Gradio's delete_cache: RunStore alone decides what goes
     with gr.Blocks(title="Foresight", delete_cache=(CACHE_TTL_S, CACHE_TTL_S)) as demo:
         gr.Markdown("# Foresight\nDrop an image. The model thinks out loud and shows what happens next.")
@@ -602,36 +524,38 @@ def build_demo(pipe, default_preset: str = "default", about: str = "") -> gr.Blo
         # What a session shows is its own until it ends (its tab closed for an hour, or idle past
         # SESSION_TTL_S): then its runs are let go. Sessions Gradio drops for capacity skip these
         # callbacks; RunStore finds their runs by `Page.is_live`.
-        control = gr.State({})
-        record = gr.State({}, time_to_live=SESSION_TTL_S, delete_callback=lambda r: page.runs.let_go([r.get("folder")]))
+        control = gr.State(None)  # the Stop of the run on its way, if one is
+        record = gr.State(RunRecord(), time_to_live=SESSION_TTL_S, delete_callback=lambda r: page.runs.let_go([r.folder]))
         history = gr.State([], time_to_live=SESSION_TTL_S,
-                           delete_callback=lambda h: page.runs.let_go([item.get("folder") for item in h]))
+                           delete_callback=lambda h: page.runs.let_go([item.folder for item in h]))
         timer = gr.Timer(1.0, active=False)
         api_trigger = gr.Button(visible=False)
         api_clip = gr.File(visible=False, file_types=[".mp4"], type="filepath", label="Clip to continue")
+        ui = page.ui = Components(image, question, preset, seed, randomize, generate, stop, status, queue_note,
+                                  reasoning, preview, video, shown, retry, and_then, gallery, control, record, history,
+                                  timer)
 
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
         private = dict(api_visibility="private", show_progress="hidden")  # the status line says it in words
+        locking = [generate, stop, retry, and_then, timer]
         ended = dict(fn=page.on_run_end, inputs=[record, history],
                      outputs=[history, gallery, retry, and_then, generate, stop, timer, queue_note, record, control],
                      **private)
         started = generate.click(page.on_generate, outputs=[reasoning, preview, video, shown, status, control, record,
-                                                            generate, stop, retry, and_then, timer],
-                                 queue=False, **private)
+                                                            *locking], queue=False, **private)
         generate.click(None, js=SHOW_OUTPUT_ON_PHONES, **private)
         started.then(page.generate, inputs=[image, question, preset, mode, seed, randomize, control],
-                     outputs=[reasoning, preview, video, shown, status, record], validator=page.admit_generate,
-                     **gpu_queue, **private).then(**ended)
-        going_on = and_then.click(page.on_and_then, outputs=[preview, video, status, control, generate, stop, retry,
-                                                             and_then, timer], queue=False, **private)
+                     outputs=list(page.run_outputs), validator=page.admit_generate, **gpu_queue, **private
+                     ).then(**ended)
+        going_on = and_then.click(page.on_and_then, outputs=[preview, video, status, control, *locking], queue=False,
+                                  **private)
         and_then.click(None, js=SHOW_OUTPUT_ON_PHONES, **private)
         going_on.then(page.and_then, inputs=[question, mode, seed, randomize, record, control],
-                      outputs=[reasoning, preview, video, shown, status, record], validator=page.admit_and_then,
-                      **gpu_queue, **private).then(**ended)
+                      outputs=list(page.run_outputs), validator=page.admit_and_then, **gpu_queue, **private
+                      ).then(**ended)
         stop.click(page.on_stop, inputs=[control], outputs=[status, stop], queue=False, **private)
-        again = retry.click(page.on_retry, outputs=[status, control, generate, stop, retry, and_then], queue=False,
-                            **private)
-        again.then(page.retry_video, inputs=[record, control], outputs=[preview, video, status, record],
+        again = retry.click(page.on_retry, outputs=[status, control, *locking], queue=False, **private)
+        again.then(page.retry_video, inputs=[record, control], outputs=list(page.retry_outputs),
                    validator=page.admit_retry, **gpu_queue, **private).then(**ended)
         timer.tick(page.on_tick, outputs=[queue_note], queue=False, **private)
         image.upload(page.on_upload, inputs=[image], outputs=[image, status], queue=False, **private)
@@ -682,7 +606,7 @@ def main(argv=None) -> None:
                             log=lambda message: print(message, flush=True))
     except MissingHubFiles as exc:  # said in words, not as a traceback
         raise SystemExit(f"[foresight] cannot start: {exc}") from None
-    demo = build_demo(pipe, default_preset=args.preset, about=about)
+    demo = build_demo(Page(pipe, default_preset=args.preset), about=about)
     storage.keep_swept(Path(gr.utils.get_upload_folder()), CACHE_TTL_S, CACHE_MAX_MB * 2**20,
                        keep=lambda: kept_files(demo), skip=RUNS_DIR)
     with contextlib.redirect_stdout(io.StringIO()):  # Gradio's own lines; `ready_line` says what they would

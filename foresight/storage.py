@@ -7,6 +7,7 @@ that owner is still there.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from PIL import Image
 
@@ -99,6 +100,31 @@ class RunStore:
         (self.root / name).mkdir(parents=True)
         self.private(name).mkdir(parents=True)
         return self.root / name
+
+    @contextlib.contextmanager
+    def writing(self, owner: str, keep: Callable[[], bool]) -> Iterator[Path]:
+        """A new run's folder (`new`) while the run is written; then kept (`finish`) if `keep()`
+        says so, else deleted (`release`): one run's lifecycle in one place."""
+        folder = self.new(owner)
+        try:
+            yield folder
+        finally:
+            if keep():
+                self.finish(folder)
+            else:
+                self.release([folder])
+
+    @contextlib.contextmanager
+    def rewriting(self, folder: str | Path | None) -> Iterator[bool]:
+        """A run's folder written again (a video-only retry): never deleted meanwhile (`reopen`),
+        then finished -> False, and nothing held, if it is gone."""
+        if not self.reopen(folder):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self.finish(folder)
 
     def private(self, folder: str | Path) -> Path:
         """The run's private folder, never served: what the visitor sent."""

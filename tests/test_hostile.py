@@ -52,7 +52,7 @@ def hostile(models, pipe):
                 gate["open"].wait(60)
 
     handle = models.video_pipeline.transformer.register_forward_pre_hook(hold_the_second_step)
-    demo = app.build_demo(pipe, default_preset="fast")
+    demo = app.build_demo(app.Page(pipe, "fast"))
     port = free_port()
     demo.queue(max_size=QUEUE_SIZE).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
     yield {"url": f"http://127.0.0.1:{port}", "app": app, "gate": gate, "demo": demo}

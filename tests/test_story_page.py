@@ -9,6 +9,7 @@ import numpy as np
 
 from foresight.config import MAX_SEGMENTS, PRESETS
 from foresight.runtime import StopFlag
+from foresight.session import AND_THEN
 
 from conftest import inject_video_failure
 from test_app import (EXAMPLE, FAST_FRAMES, free_port, generate, launch_chromium, needs_chromium, open_page, status,
@@ -29,7 +30,7 @@ def test_and_then_goes_on_with_the_story_stop_keeps_it_and_history_restores_it(m
     import app
     from playwright import sync_api as playwright
 
-    demo = app.build_demo(pipe, default_preset="fast")
+    demo = app.build_demo(app.Page(pipe, "fast"))
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
     gate = {"armed": False, "open": threading.Event(), "steps": 0}
@@ -58,7 +59,7 @@ def test_and_then_goes_on_with_the_story_stop_keeps_it_and_history_restores_it(m
             page.wait_for_selector("#and-then", state="visible", timeout=10_000)
             story_text, story_src = page.input_value("#reasoning textarea"), page.get_attribute("#video video", "src")
             assert story_src != first_src and frames_at(story_src, tmp_path) == FAST_FRAMES + added
-            assert story_text.startswith(first_text + app.AND_THEN) and len(story_text) > len(first_text + app.AND_THEN)
+            assert story_text.startswith(first_text + AND_THEN) and len(story_text) > len(first_text + AND_THEN)
             assert f"segment 2 of at most {MAX_SEGMENTS}" in status(page)
             assert page.locator("#history img").count() == 1, "a story is one entry"
 
@@ -94,45 +95,64 @@ def test_and_then_goes_on_with_the_story_stop_keeps_it_and_history_restores_it(m
         demo.close()
 
 
+def handlers(pipe):
+    """The page's handlers as Gradio calls them: a page laid out, not served."""
+    import app
+
+    page = app.Page(pipe, "fast")
+    app.build_demo(page)
+    return page
+
+
+class Visitor:
+    """What Gradio hands a handler as its request: the session's id."""
+
+    def __init__(self, session_hash="visitor"):
+        self.session_hash = session_hash
+
+
+def last(updates):
+    """A streaming handler's last update."""
+    return list(updates)[-1]
+
+
 def test_a_story_through_the_pages_handlers_retry_and_the_limit(models, pipe, tmp_path):
     """The page's handlers called as Gradio calls them: a segment whose video fails keeps its text
     and Retry video renders it from the story before it; the story goes on to its limit, where a
     stale page's And then? is refused in words and the story stays."""
-    import app
-
-    class Visitor:
-        session_hash = "visitor"
-
-    page, visitor, added = app.Page(pipe, "fast"), Visitor(), PRESETS["fast"].num_frames - PRESETS["fast"].condition_frames
-    def control():
-        return {"stop": StopFlag()}
-
-    *_, record = list(page.generate(EXAMPLE, "", "fast", "auto", 0, True, control(), visitor))[-1]
-    history = page.on_run_end(record, [], visitor)[0]
-    first = iio.imread(record["video"], plugin="FFMPEG")
+    page, visitor, added = handlers(pipe), Visitor(), PRESETS["fast"].num_frames - PRESETS["fast"].condition_frames
+    ui = page.ui
+    record = last(page.generate(EXAMPLE, "", "fast", "auto", 0, True, StopFlag(), visitor))[ui.record]
+    history = page.on_run_end(record, [], visitor)[ui.history]
+    first = iio.imread(record.video, plugin="FFMPEG")
     handle = inject_video_failure(models)
     try:
-        text, _, video, _, status, failed = list(page.and_then("", "auto", 2, False, history[0], control(), visitor))[-1]
+        shown = last(page.and_then("", "auto", 2, False, history[0], StopFlag(), visitor))
     finally:
         handle.remove()
-    assert video is None and "injected failure" in status and "Retry video" in status and text.endswith(failed["text"])
-    *_, status, record = list(page.retry_video(failed, control()))[-1]
-    history = page.on_run_end(record, history, visitor)[0]
-    assert record["video"].endswith("-retry1.mp4") and f"segment 2 of at most {MAX_SEGMENTS}" in status
-    retried = iio.imread(record["video"], plugin="FFMPEG")
+    failed, status = shown[ui.record], shown[ui.status]
+    assert shown[ui.video] is None and "injected failure" in status and "Retry video" in status
+    assert shown[ui.reasoning].endswith(failed.text)
+    shown = last(page.retry_video(failed, StopFlag(), visitor))
+    record, status = shown[ui.record], shown[ui.status]
+    history = page.on_run_end(record, history, visitor)[ui.history]
+    assert record.video.endswith("-retry1.mp4") and f"segment 2 of at most {MAX_SEGMENTS}" in status
+    retried = iio.imread(record.video, plugin="FFMPEG")
     assert retried.shape[0] == FAST_FRAMES + added and np.array_equal(retried[:FAST_FRAMES], first), \
         "the segment rendered from the story before it, which opens the mp4 as it was"
-    assert len(history) == 1 and history[0]["video"] == record["video"], "the story is one entry"
+    assert len(history) == 1 and history[0].video == record.video, "the story is one entry"
 
     for segment in range(3, MAX_SEGMENTS + 1):
-        *_, status, record = list(page.and_then("", "auto", segment, False, history[0], control(), visitor))[-1]
-        history = page.on_run_end(record, history, visitor)[0]
-        assert f"segment {segment} of at most {MAX_SEGMENTS}" in status and len(history) == 1
-    assert not page.can_go_on(record)
-    story = record["video"]
+        shown = last(page.and_then("", "auto", segment, False, history[0], StopFlag(), visitor))
+        record = shown[ui.record]
+        history = page.on_run_end(record, history, visitor)[ui.history]
+        assert f"segment {segment} of at most {MAX_SEGMENTS}" in shown[ui.status] and len(history) == 1
+    assert not page.session(visitor.session_hash).can_go_on(record)
+    story = record.video
     assert iio.imread(story, plugin="FFMPEG").shape[0] == FAST_FRAMES + (MAX_SEGMENTS - 1) * added
-    *_, video, _, status, kept = list(page.and_then("", "auto", 9, False, record, control(), visitor))[-1]
-    assert f"reached its {MAX_SEGMENTS} segments" in status and video == story and kept is record
+    shown = last(page.and_then("", "auto", 9, False, record, StopFlag(), visitor))
+    assert f"reached its {MAX_SEGMENTS} segments" in shown[ui.status] and shown[ui.video] == story
+    assert shown[ui.record] is record
 
 
 class Select:
@@ -146,39 +166,39 @@ def test_the_page_keeps_what_it_shows_stop_after_the_video_and_retry_only_for_th
     """Stop pressed as the mp4 arrives keeps the run (its file, its history entry, And then?); Retry
     is offered for the failed run on screen only, a stale Retry renders nothing, and each retry
     writes a file of its own, so a stopped one deletes nothing another entry shows."""
-    import app
-
-    class Visitor:
-        session_hash = "keeper"
-
-    page, visitor = app.Page(pipe, "fast"), Visitor()
-    control = {"stop": StopFlag()}
-    for *_, status, kept in page.generate(EXAMPLE, "", "fast", "auto", 0, True, control, visitor):
-        if kept["video"] and not control["stop"].is_set():
-            page.on_stop(control)  # the moment the mp4 appears
-    assert kept["stopped"] and kept["video"] and "the video is kept" in status
-    history, _, retry, and_then, *_ = page.on_run_end(kept, [], visitor)
-    assert [h["video"] for h in history] == [kept["video"]] and Path(kept["video"]).is_file()
-    assert not retry["visible"] and and_then["visible"], "a finished video: And then?, no Retry"
+    page, visitor = handlers(pipe), Visitor("keeper")
+    ui, stop = page.ui, StopFlag()
+    for shown in page.generate(EXAMPLE, "", "fast", "auto", 0, True, stop, visitor):
+        if shown[ui.video] and not stop.is_set():
+            page.on_stop(stop)  # the moment the mp4 appears
+    kept = shown[ui.record]
+    assert kept.stopped and kept.video and "the video is kept" in shown[ui.status]
+    ended = page.on_run_end(kept, [], visitor)
+    history = ended[ui.history]
+    assert [h.video for h in history] == [kept.video] and Path(kept.video).is_file()
+    assert not ended[ui.retry]["visible"] and ended[ui.and_then]["visible"], "a finished video: And then?, no Retry"
 
     handle = inject_video_failure(models)
     try:
-        *_, failed = list(page.generate(EXAMPLE, "", "fast", "auto", 1, False, {"stop": StopFlag()}, visitor))[-1]
+        failed = last(page.generate(EXAMPLE, "", "fast", "auto", 1, False, StopFlag(), visitor))[ui.record]
     finally:
         handle.remove()
-    history, _, retry, *_ = page.on_run_end(failed, history, visitor)
-    assert retry["visible"] and failed["video_error"] and len(history) == 1
-    restored = page.on_history_select(history, {}, Select(0))
-    assert restored[-1]["visible"] is False, "another run on screen: Retry goes"
-    *_, status, stale = list(page.retry_video(history[0], {"stop": StopFlag()}))[-1]
-    assert "Only a run whose video failed" in status and stale["video"] == kept["video"]
-    assert Path(kept["video"]).is_file(), "a stale Retry renders nothing, deletes nothing"
+    ended = page.on_run_end(failed, history, visitor)
+    history = ended[ui.history]
+    assert ended[ui.retry]["visible"] and failed.video_error and len(history) == 1
+    restored = page.on_history_select(history, None, Select(0), visitor)
+    assert restored[ui.retry]["visible"] is False, "another run on screen: Retry goes"
+    shown = last(page.retry_video(history[0], StopFlag(), visitor))
+    assert "Only a run whose video failed" in shown[ui.status] and shown[ui.record].video == kept.video
+    assert Path(kept.video).is_file(), "a stale Retry renders nothing, deletes nothing"
 
-    stopping = {"stop": StopFlag()}
-    for preview, *_, again in page.retry_video(failed, stopping):
-        if preview:
+    stopping = StopFlag()
+    for shown in page.retry_video(failed, stopping, visitor):
+        if shown[ui.preview] and not stopping.is_set():
             page.on_stop(stopping)
-    assert again["stopped"] and not again["video"] and page.on_run_end(again, history, visitor)[2]["visible"]
-    *_, status, again = list(page.retry_video(again, {"stop": StopFlag()}))[-1]
-    assert again["video"].endswith("-retry2.mp4") and Path(again["video"]).is_file(), status
-    assert Path(kept["video"]).is_file()
+    again = shown[ui.record]
+    assert again.stopped and not again.video and page.on_run_end(again, history, visitor)[ui.retry]["visible"]
+    shown = last(page.retry_video(again, StopFlag(), visitor))
+    again = shown[ui.record]
+    assert again.video.endswith("-retry2.mp4") and Path(again.video).is_file(), shown[ui.status]
+    assert Path(kept.video).is_file()
