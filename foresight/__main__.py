@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import json
 import sys
 from pathlib import Path
@@ -154,7 +153,7 @@ def run_command(args) -> int:
         overrides["models_dir"] = Path(args.models_dir)
     if args.command != "eval-bridge" and getattr(args, "weights", None):
         overrides["weights"] = Path(args.weights)
-    if args.command in ("predict", "check") and "FORESIGHT_DECODE" not in os.environ:
+    if args.command in ("predict", "check"):
         overrides["decode"] = "dynamic"  # one run: compiling the static decode would cost more than it saves
     if args.command == "bench":
         overrides.update({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})

@@ -238,13 +238,12 @@ def settings_from_env(**overrides) -> Settings:
         device="cuda" if on_cuda else "cpu",
         dtype="bfloat16" if on_cuda else "float32",
         text_mode=_flag("FORESIGHT_TEXT_MODE", True),
-        decode=env("FORESIGHT_DECODE") or default_decode(on_cuda),
-        schedule=env("FORESIGHT_SCHEDULE") or ("streams" if on_cuda else "shared"),
-        text_pace=float(env("FORESIGHT_TEXT_PACE") or (CUDA_TEXT_PACE if on_cuda else 0)),
-        preview_every=int(env("FORESIGHT_PREVIEW_EVERY") or (CUDA_PREVIEW_EVERY if on_cuda else 1)),
-        vision_early=_flag("FORESIGHT_VISION_EARLY", False),
-        compile_video=_flag("FORESIGHT_COMPILE_VIDEO", False),
-        video_graphs=_flag("FORESIGHT_VIDEO_GRAPHS", False) and not on_zero_gpu(),  # a capture per call there
+        # How the GPU is shared is the device's, not the operator's: the variants are `bench` options
+        # (`python -m foresight bench --variant ...`), decided by the numbers in docs/BENCHMARKS.md.
+        decode=default_decode(on_cuda),
+        schedule="streams" if on_cuda else "shared",
+        text_pace=CUDA_TEXT_PACE if on_cuda else 0.0,
+        preview_every=CUDA_PREVIEW_EVERY if on_cuda else 1,
         run_timeout_s=float(env("FORESIGHT_RUN_TIMEOUT")) if env("FORESIGHT_RUN_TIMEOUT") else None,
     )
     return check(replace(settings, **overrides))
@@ -253,12 +252,11 @@ def settings_from_env(**overrides) -> Settings:
 def check(settings: Settings) -> Settings:
     """Refuse settings the pipeline cannot run, with the variable or argument to change."""
     if settings.decode not in DECODES:
-        raise ValueError(f"decode {settings.decode!r} (FORESIGHT_DECODE): use one of {', '.join(DECODES)}")
+        raise ValueError(f"decode {settings.decode!r}: use one of {', '.join(DECODES)}")
     if settings.schedule not in SCHEDULES:
-        raise ValueError(f"schedule {settings.schedule!r} (FORESIGHT_SCHEDULE): use one of {', '.join(SCHEDULES)}")
+        raise ValueError(f"schedule {settings.schedule!r}: use one of {', '.join(SCHEDULES)}")
     if settings.compile_video and settings.video_graphs:
-        raise ValueError("compile_video and video_graphs (FORESIGHT_COMPILE_VIDEO, FORESIGHT_VIDEO_GRAPHS): "
-                         "choose one")
+        raise ValueError("compile_video and video_graphs: choose one")
     if settings.preview_decode not in PREVIEW_DECODES:
         raise ValueError(f"preview decode {settings.preview_decode!r}: use one of {', '.join(PREVIEW_DECODES)}")
     return settings

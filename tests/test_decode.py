@@ -72,16 +72,22 @@ def test_streams_exist_only_on_cuda():
         worker_streams("round-robin", "cpu")
 
 
-def test_decode_and_schedule_come_from_the_environment(monkeypatch):
-    monkeypatch.setenv("FORESIGHT_DECODE", "static")
-    monkeypatch.setenv("FORESIGHT_SCHEDULE", "streams")
+def test_how_the_gpu_is_shared_is_the_devices_and_benchs_not_the_environments(monkeypatch):
+    """The variants are `bench` options and Settings fields (docs/BENCHMARKS.md), not an operator's
+    settings: the environment no longer changes them."""
+    from foresight.config import CUDA_PREVIEW_EVERY, CUDA_TEXT_PACE
+
+    for name, value in (("FORESIGHT_DECODE", "static"), ("FORESIGHT_SCHEDULE", "later"), ("FORESIGHT_TEXT_PACE", "9"),
+                        ("FORESIGHT_VIDEO_GRAPHS", "1")):
+        monkeypatch.setenv(name, value)
     settings = make_settings("full")
-    assert (settings.decode, settings.schedule) == ("static", "streams")
-    monkeypatch.delenv("FORESIGHT_DECODE")
-    assert make_settings("full").decode == ("static" if torch.cuda.is_available() else "dynamic")
-    monkeypatch.setenv("FORESIGHT_SCHEDULE", "later")
-    with pytest.raises(ValueError, match="FORESIGHT_SCHEDULE"):
-        make_settings("full")
+    on_cuda = torch.cuda.is_available()
+    assert settings.decode == ("static" if on_cuda else "dynamic") and settings.schedule == \
+        ("streams" if on_cuda else "shared")
+    assert (settings.text_pace, settings.preview_every) == ((CUDA_TEXT_PACE, CUDA_PREVIEW_EVERY) if on_cuda else (0, 1))
+    assert not settings.video_graphs and not settings.compile_video and not settings.vision_early
+    with pytest.raises(ValueError, match="schedule 'later': use one of shared, streams"):
+        make_settings("full", schedule="later")
 
 
 def test_zero_gpu_keeps_the_uncompiled_decode(monkeypatch):
