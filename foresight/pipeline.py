@@ -69,6 +69,52 @@ def merged_text(first: Message, then: Message) -> Message | None:
     return None
 
 
+def run_files(out_dir, name: str, story, clip, preset: str | None) -> RunFiles:
+    """A run's files when the caller brought none: in `out_dir`, else a new temporary folder."""
+    folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="foresight-run-"))
+    if story is None and clip is None:
+        return RunFiles.first(folder, name)
+    return RunFiles.going_on(folder, name, story=story, clip=clip, preset=PRESETS.get(preset or "default"))
+
+
+def accepted(models, trace: Trace, files: RunFiles, image, prompt, preset, mode, seed, stop, reasoning, video,
+             frame_events) -> Run:
+    """The run's request, checked: the question, what it begins from, the mode; InputError in words."""
+    question = check_question(prompt)
+    notes: list[str] = []
+    if files.story is None:
+        with trace.span("text", "load image", gpu=False):
+            looked_at = load_image(image, notes)
+        frames, preset = (looked_at,), preset or "default"
+    else:
+        with trace.span("text", "load story", gpu=False):
+            frames = files.last_frames()
+        looked_at, preset = frames[-1], preset or files.story.segments[-1]["preset"]
+    mode, note = choose_mode(models, mode)
+    condition = condition_frames(frames, PRESETS[preset], notes)
+    request = RunRequest(
+        image=looked_at, frames=frames, condition=condition, question=question, preset=preset, mode=mode,
+        seed=random.randrange(2**31) if seed is None else int(seed), reasoning=reasoning, video=video,
+        frame_events=frame_events, context=vlm_stage.context_line(files.story.prediction) if files.story else "",
+        notes=tuple(notes), mode_note=note)
+    return Run(request, files, stop, trace)
+
+
+def choose_mode(models, requested: str | None) -> tuple[str, str]:
+    """The mode that runs, and why it is not the one asked for (in words, or "")."""
+    available = models.modes
+    if requested in (None, "", "auto"):
+        mode = available[0]
+        return mode, models.bridge_note if mode == "text" else ""
+    if requested not in ("fused", "text"):
+        raise InputError(f"Unknown mode {requested!r}; choose fused or text.")
+    if requested in available:
+        return requested, ""
+    fallback = available[0]
+    why = models.bridge_note if requested == "fused" else "T5 is not loaded"
+    return fallback, f"{requested} mode is unavailable ({why}); ran {fallback} mode instead"
+
+
 def make_workers(settings) -> Workers:
     """The thinker (Qwen; CUDA graphs of a compiled decode step are recorded per thread) and the
     renderer (LTX), each on its stream for its lifetime, the copier (host work), the thinker's
@@ -112,8 +158,11 @@ class ForesightPipeline:
             return
         trace, run_id, stop = Trace(cuda=self._cuda), uuid.uuid4().hex[:12], stop or threading.Event()
         try:  # 1. what the run begins from: the image, or the story's last frames and what it foresaw
-            files = files or self._files(out_dir, video_name or run_id, story, clip, preset)
-            run = self._accepted(trace, files, image, prompt, preset, mode, seed, stop, reasoning, video, frame_events)
+            if preset is not None and preset not in PRESETS:
+                raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+            files = files or run_files(out_dir, video_name or run_id, story, clip, preset)
+            run = accepted(self.models, trace, files, image, prompt, preset, mode, seed, stop, reasoning, video,
+                           frame_events)
         except InputError as exc:
             yield event("error", trace.now(), stage="input", message=str(exc), recoverable=True)
             return
@@ -141,40 +190,6 @@ class ForesightPipeline:
         finally:  # also on Stop or a closed client: every job ends at its next token or step
             if run.shift.end():  # a stuck thread may still replay on the graphs' buffers
                 self._fresh_graphs()
-
-    # --- 1. what the run begins from ---------------------------------------------------------------
-
-    def _files(self, out_dir, name: str, story, clip, preset: str | None) -> RunFiles:
-        """A run's files when the caller brought none: in `out_dir`, else a new temporary folder."""
-        folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="foresight-run-"))
-        if story is None and clip is None:
-            return RunFiles.first(folder, name)
-        return RunFiles.going_on(folder, name, story=story, clip=clip, preset=PRESETS.get(preset or "default"))
-
-    def _accepted(self, trace: Trace, files: RunFiles, image, prompt, preset, mode, seed, stop, reasoning, video,
-                  frame_events) -> Run:
-        """The run's request, checked: the question, the preset, what it begins from, the mode;
-        InputError in words."""
-        question = check_question(prompt)
-        if preset is not None and preset not in PRESETS:
-            raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-        notes: list[str] = []
-        if files.story is None:
-            with trace.span("text", "load image", gpu=False):
-                looked_at = load_image(image, notes)
-            frames, preset = (looked_at,), preset or "default"
-        else:
-            with trace.span("text", "load story", gpu=False):
-                frames = files.last_frames()
-            looked_at, preset = frames[-1], preset or files.story.segments[-1]["preset"]
-        mode, note = self._choose_mode(mode)
-        condition = condition_frames(frames, PRESETS[preset], notes)
-        request = RunRequest(
-            image=looked_at, frames=frames, condition=condition, question=question, preset=preset, mode=mode,
-            seed=random.randrange(2**31) if seed is None else int(seed), reasoning=reasoning, video=video,
-            frame_events=frame_events, context=vlm_stage.context_line(files.story.prediction) if files.story else "",
-            notes=tuple(notes), mode_note=note)
-        return Run(request, files, stop, trace)
 
     def _started(self, run: Run, run_id: str) -> dict:
         request, preset, story = run.request, PRESETS[run.request.preset], run.files.story
@@ -333,19 +348,6 @@ class ForesightPipeline:
                        prediction=run.prediction or prediction_from(run.text), mode=request.mode,
                        preset=job.preset.name, seed=request.seed, frames=run.frames["new"])
         run.files.keep_record(segment, job.condition[0].size, job.preset.fps, run.frames["story"])
-
-    def _choose_mode(self, requested: str | None) -> tuple[str, str]:
-        available = self.models.modes
-        if requested in (None, "", "auto"):
-            mode = available[0]
-            return mode, self.models.bridge_note if mode == "text" else ""
-        if requested not in ("fused", "text"):
-            raise InputError(f"Unknown mode {requested!r}; choose fused or text.")
-        if requested in available:
-            return requested, ""
-        fallback = available[0]
-        why = self.models.bridge_note if requested == "fused" else "T5 is not loaded"
-        return fallback, f"{requested} mode is unavailable ({why}); ran {fallback} mode instead"
 
     # --- the workers, the warm-up, and what a stuck run leaves to replace --------------------------
 

@@ -57,7 +57,7 @@ def served_types(scratch: Path) -> None:
     from foresight.models import quiet_loaders
 
     quiet_loaders()
-    demo = app.build_demo(app.Page(ForesightPipeline(load(make_settings("tiny"), log=lambda m: None)), "fast"))
+    demo = app.build_demo(app.make_page(ForesightPipeline(load(make_settings("tiny"), log=lambda m: None)), "fast"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -48,9 +48,9 @@ def main() -> None:
 
     quiet_loaders()
     pipe = ForesightPipeline(load(make_settings("tiny"), log=lambda m: None))
-    rows = [("in-process", i + 1, timed_run(app.Page(pipe, "fast"))) for i in range(args.runs)]
+    rows = [("in-process", i + 1, timed_run(app.make_page(pipe, "fast"))) for i in range(args.runs)]
     with zero_gpu_like():
-        page = app.Page(pipe, "fast")  # its run goes through spaces.GPU
+        page = app.make_page(pipe, "fast")  # its run goes through spaces.GPU
         rows += [("ZeroGPU-like", i + 1, timed_run(page)) for i in range(args.runs)]
     print("| how | run | first text (s) | first preview (s) | mp4 (s) |\n|---|---|---|---|---|")
     for how, run, seen in rows:

@@ -469,7 +469,7 @@ def test_a_failed_video_keeps_the_text_and_retry_renders_it(models, pipe, tmp_pa
     import app
     from playwright import sync_api as playwright
 
-    demo = app.build_demo(app.Page(pipe, "fast"))
+    demo = app.build_demo(app.make_page(pipe, "fast"))
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
     handle = inject_video_failure(models)

@@ -17,6 +17,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from foresight.inputs import MAX_CLIP_PIXELS, read_clip, InputError
+from foresight.page import PLACES_PER_VISITOR
 
 from test_app import EXAMPLE, free_port, launch_chromium, needs_chromium, open_page, upload, wait_idle
 
@@ -52,7 +53,7 @@ def hostile(models, pipe):
                 gate["open"].wait(60)
 
     handle = models.video_pipeline.transformer.register_forward_pre_hook(hold_the_second_step)
-    demo = app.build_demo(app.Page(pipe, "fast"))
+    demo = app.build_demo(app.make_page(pipe, "fast"))
     port = free_port()
     demo.queue(max_size=QUEUE_SIZE).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
     yield {"url": f"http://127.0.0.1:{port}", "app": app, "gate": gate, "demo": demo}
@@ -193,7 +194,7 @@ def test_one_clients_flood_is_refused_in_words_and_a_page_visitor_is_still_serve
     assert_every_served_file_is_media_the_app_made(url, app, {".mp4", ".jpg", ".png", ".json", ".mkv"})
     admitted = [o for o in outcomes if o.endswith(".mp4")]
     refused = [o for o in outcomes if not o.endswith(".mp4")]
-    assert len(admitted) == app.PLACES_PER_VISITOR and len(refused) == 5 - app.PLACES_PER_VISITOR
+    assert len(admitted) == PLACES_PER_VISITOR and len(refused) == 5 - PLACES_PER_VISITOR
     assert all("runs on their way" in o for o in refused), refused
     assert refused_api and "The API's share of this GPU's queue" in refused_api
     assert "Traceback" not in capfd.readouterr().err

@@ -85,9 +85,55 @@ def test_app_is_only_the_page():
     direct = imports_of(ROOT / "app.py")
     assert not {name for name in direct if name.split(".")[0] in ("transformers", "diffusers", "torch")}
     assert not {name for name in direct if name.startswith("foresight.profiles")}
-    assert not {name for name in graph_of_package_only() if name.split(".")[0] == "gradio"}
+    gradio_users = {module_name(path) for path in PACKAGE.rglob("*.py")
+                    if any(name.split(".")[0] == "gradio" for name in imports_of(path))}
+    assert gradio_users == {"foresight.page"}, "gradio stays in app.py and the page's handlers"
+    page = imports_of(PACKAGE / "page.py")
+    assert not {name for name in page if name.split(".")[0] in ("transformers", "diffusers", "torch")}
 
 
-def graph_of_package_only() -> set[str]:
-    """Every module the package itself imports: gradio stays in app.py."""
-    return set().union(*(imports_of(path) for path in PACKAGE.rglob("*.py")))
+# The house's rooms (docs/ARCHITECTURE.md), and the rooms each may import from: every import points
+# down the list, and a room imports only what its work needs.
+ROOMS = {
+    "page": {"page"},
+    "tools": {"__main__", "bench", "check", "evaluate", "data", "train"},
+    "serving": {"serving"},
+    "session": {"session", "storage"},
+    "profiles": {"profiles", "profiles.tiny", "profiles.random_full"},
+    "run": {"pipeline"},
+    "jobs": {"jobs"},
+    "runtime": {"runtime", "health"},
+    "story": {"story"},
+    "stages": {"vlm", "video", "scheduling", "graphs"},
+    "models": {"models", "ltx_checkpoint", "bridge", "scheduler"},
+    "base": {"config", "inputs", "events", "media", "trace"},
+}
+MAY_IMPORT = {
+    "page": {"session", "runtime", "story", "base"},
+    "tools": {"tools", "profiles", "run", "story", "stages", "models", "base"},
+    "serving": {"profiles", "run", "models", "base"},
+    "session": {"session", "story", "base"},
+    "profiles": {"profiles", "models", "base"},
+    "run": {"jobs", "runtime", "story", "stages", "base"},
+    "jobs": {"runtime", "story", "stages", "base"},
+    "runtime": {"runtime", "base"},
+    "story": {"base"},
+    "stages": {"stages", "base"},
+    "models": {"models", "base"},
+    "base": {"base"},
+}
+
+
+def room_of(module: str) -> str:
+    short = module.removeprefix("foresight.")
+    return next(room for room, members in ROOMS.items() if short in members)
+
+
+def test_each_room_imports_only_from_the_rooms_it_may():
+    graph = package_graph()
+    assert {room_of(module) for module in graph if module != "foresight"} == set(ROOMS), "every module has its room"
+    crossing = {(module, dep) for module, deps in graph.items() if module != "foresight"
+                for dep in deps if dep != "foresight" and room_of(dep) not in MAY_IMPORT[room_of(module)]}
+    assert crossing == set()
+    app = {dep for dep in imports_of(ROOT / "app.py") if dep.startswith("foresight.") and dep.count(".") == 1}
+    assert {room_of(dep) for dep in app} <= {"page", "serving", "session", "base"}, "app.py: layout and wiring"

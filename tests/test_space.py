@@ -24,7 +24,7 @@ def space(models):
     import app
 
     budget, app.RUNS_MAX_MB = app.RUNS_MAX_MB, RUNS_MAX_MB
-    demo = app.build_demo(app.Page(ForesightPipeline(with_settings(models, text_pace=4.0)), "fast"))
+    demo = app.build_demo(app.make_page(ForesightPipeline(with_settings(models, text_pace=4.0)), "fast"))
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
     yield {"url": f"http://127.0.0.1:{port}", "demo": demo, "app": app}

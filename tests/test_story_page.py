@@ -30,7 +30,7 @@ def test_and_then_goes_on_with_the_story_stop_keeps_it_and_history_restores_it(m
     import app
     from playwright import sync_api as playwright
 
-    demo = app.build_demo(app.Page(pipe, "fast"))
+    demo = app.build_demo(app.make_page(pipe, "fast"))
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
     gate = {"armed": False, "open": threading.Event(), "steps": 0}
@@ -99,7 +99,7 @@ def handlers(pipe):
     """The page's handlers as Gradio calls them: a page laid out, not served."""
     import app
 
-    page = app.Page(pipe, "fast")
+    page = app.make_page(pipe, "fast")
     app.build_demo(page)
     return page
 
