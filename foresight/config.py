@@ -64,6 +64,10 @@ class ModelIds:
     # file holds one) come from this single-file checkpoint, with configs from `video`.
     # Empty string: the transformer comes from the `video` folder (e.g. the 13B distilled repo).
     video_single_file: str = "Lightricks/LTX-Video/ltxv-2b-0.9.8-distilled.safetensors"
+    # The latent spatial upscaler between the two passes (the authors' configs/ltxv-2b-0.9.8-distilled.yaml,
+    # `spatial_upscaler_model_path`, downloaded from Lightricks/LTX-Video by their inference.py).
+    # Empty string: no second pass.
+    video_upscaler: str = "Lightricks/LTX-Video/ltxv-spatial-upscaler-0.9.8.safetensors"
 
 
 @dataclass(frozen=True)
@@ -76,12 +80,20 @@ class VideoSampling:
     passed once through H.264 "for getting more motion in image-to-video": `condition_crf`).
     diffusers' LTX-Video docs give the same first pass with an eighth step from 0.03 to 0, which
     moves the latents by 0.00003 of a velocity (docs/BENCHMARKS.md) for a whole transformer pass,
-    and `image_cond_noise_scale` 0; where the two differ, the authors' values are used. Only the
-    first pass runs (the authors' multi-scale second pass and latent upsampler do not).
-    The timesteps are used as given: the scheduler runs without shifting (`models.prepare_video_pipeline`).
+    and `image_cond_noise_scale` 0; where the two differ, the authors' values are used. A run asks
+    for one pass or two (`passes`): the second, its upscaler and its three steps, as the authors
+    run it (`foresight/passes.py`). The timesteps are used as given: the scheduler runs without
+    shifting (`models.prepare_video_pipeline`).
     """
 
     timesteps: tuple[float, ...] = (1000.0, 993.7, 987.5, 981.2, 975.0, 909.4, 725.0)
+    # The authors' second pass ("multi-scale"; their Space's "Improve Texture", checked by default):
+    # the first pass at `downscale_factor` of the size (sides rounded down to 32), its latents
+    # doubled by the spatial upscaler and AdaIN-filtered toward it, then these three steps at
+    # twice the first pass's size, the frames resized to the size asked for (configs/
+    # ltxv-2b-0.9.8-distilled.yaml: `downscale_factor`, `second_pass.timesteps`).
+    second_pass_timesteps: tuple[float, ...] = (909.4, 725.0, 421.9)
+    downscale_factor: float = 0.6666666
     guidance_scale: float = 1.0
     decode_timestep: float = 0.05
     decode_noise_scale: float = 0.025
@@ -96,6 +108,10 @@ class VideoSampling:
     @property
     def num_steps(self) -> int:
         return len(self.timesteps)
+
+    def pass_steps(self, passes: int) -> tuple[int, ...]:
+        """The steps of each pass: (7,), or (7, 3) in two passes."""
+        return (self.num_steps, len(self.second_pass_timesteps))[:passes]
 
 
 @dataclass(frozen=True)
@@ -192,7 +208,7 @@ PREVIEW_DECODES = ("ends", "whole")
 # Environment overrides of the model ids. For the 13B distilled model:
 # FORESIGHT_VIDEO_ID=Lightricks/LTX-Video-0.9.8-13B-distilled FORESIGHT_VIDEO_SINGLE_FILE=
 MODEL_ID_ENV = {"vlm": "FORESIGHT_VLM_ID", "vision": "FORESIGHT_VISION_ID", "video": "FORESIGHT_VIDEO_ID",
-                "video_single_file": "FORESIGHT_VIDEO_SINGLE_FILE"}
+                "video_single_file": "FORESIGHT_VIDEO_SINGLE_FILE", "video_upscaler": "FORESIGHT_VIDEO_UPSCALER"}
 
 
 def base_models(settings: Settings) -> dict[str, str]:

@@ -19,6 +19,7 @@ import torch
 from foresight.bridge import Bridge, find_bridge_checkpoint, load_bridge
 from foresight.config import HUB_FILES, Settings, base_models, resolve
 from foresight.ltx_checkpoint import Finding, apply_padding, padding_of, read_header, verify
+from foresight.upscaler import load_upscaler
 
 
 @dataclass
@@ -31,7 +32,13 @@ class Models:
     bridge: Bridge | None  # None: no trained weights for these base models, `fused` mode unavailable
     bridge_note: str  # what was (or was not) loaded, for the page and the logs
     settings: Settings
-    video_checks: list[Finding] = field(default_factory=list)  # the LTX single file, checked as it loaded
+    video_checks: list[Finding] = field(default_factory=list)  # the LTX files, checked as they loaded
+    upscaler: Any = None  # LTXLatentUpsamplerModel: the second pass between LTX's two (None: one pass only)
+
+    @property
+    def passes(self) -> tuple[int, ...]:
+        """How many passes a run may ask LTX for: one, or also two (with the upscaler)."""
+        return (1, 2) if self.upscaler is not None else (1,)
 
     @property
     def modes(self) -> list[str]:
@@ -87,8 +94,14 @@ def load_models(settings: Settings, log: Callable[[str], None] = print,
         log("[foresight] text mode off: T5-XXL is not loaded")
     video_pipeline, video_checks = step("video model", ids.video_single_file or ids.video,
                                         lambda: load_video_pipeline(settings, with_t5))
+    upscaler = None
+    if ids.video_upscaler:
+        upscaler, upscaler_checks = step("video upscaler", ids.video_upscaler, lambda: load_upscaler(
+            _local_single_file(settings, ids.video_upscaler), video_pipeline.vae.config.latent_channels, dtype,
+            device))
+        video_checks = [*video_checks, *upscaler_checks]
     return Models(vlm_processor, vlm, vision_processor, vision, video_pipeline, bridge, bridge_note, settings,
-                  video_checks)
+                  video_checks, upscaler)
 
 
 class _NothingKeptInFloat32(logging.Filter):
@@ -221,11 +234,11 @@ def _local_single_file(settings: Settings, spec: str) -> str:
         return path
     from huggingface_hub import hf_hub_download
 
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import RemoteEntryNotFoundError
 
     owner, repo, filename = spec.split("/", 2)
     try:
         return hf_hub_download(f"{owner}/{repo}", filename)
-    except EntryNotFoundError as exc:
+    except RemoteEntryNotFoundError as exc:  # the hub answered: no such file (not: the hub could not be reached)
         raise MissingHubFiles(f"{owner}/{repo} on the Hugging Face hub has no file {filename}, which the video "
-                              "model is loaded from.") from exc
+                              "model (or its upscaler) is loaded from.") from exc

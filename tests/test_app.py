@@ -121,7 +121,8 @@ def test_the_console_at_start_up_is_one_line_per_model_and_then_where_to_go(serv
     lines = server["log"].read_text().splitlines()
     ready = next(i for i, line in enumerate(lines) if line.startswith("[foresight] ready in "))
     assert [line.split(":")[0] for line in lines[:ready]] == ["[foresight] VLM", "[foresight] vision model",
-                                                              "[foresight] bridge", "[foresight] video model"]
+                                                              "[foresight] bridge", "[foresight] video model",
+                                                              "[foresight] video upscaler"]
     assert all("tiny random-weight stand-in for" in line and "loaded in" in line
                for line in lines[:ready] if "bridge" not in line)
     assert f"at {server['url']}/" in lines[ready] and "python app.py --share" in lines[ready]

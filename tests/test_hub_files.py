@@ -27,6 +27,8 @@ DIFFUSERS_LAYOUT = ("diffusers' own example loads this repository with LTXCondit
 CITED = {
     IDS.video_single_file: "the authors' configs/ltxv-2b-0.9.8-distilled.yaml (checkpoint_path), downloaded from "
                            "Lightricks/LTX-Video by their ltx_video/inference.py",
+    IDS.video_upscaler: "the authors' configs/ltxv-2b-0.9.8-distilled.yaml (spatial_upscaler_model_path), downloaded "
+                        "from Lightricks/LTX-Video by their ltx_video/inference.py",
     **{f"{IDS.video}/{name}": DIFFUSERS_LAYOUT for name in (
         "model_index.json", "scheduler/scheduler_config.json", "transformer/config.json", "vae/config.json",
         "text_encoder/config.json")},
@@ -51,11 +53,13 @@ def listed(part: str, name: str) -> bool:
 def test_the_spaces_preload_names_only_cited_files_of_what_runs():
     preload = preloaded()
     owner, repo, single_file = IDS.video_single_file.split("/", 2)
-    assert preload.pop(f"{owner}/{repo}") == [single_file], "the one LTX file the transformer and VAE come from"
+    upscaler = IDS.video_upscaler.split("/", 2)[2]
+    assert preload.pop(f"{owner}/{repo}") == [single_file, upscaler], \
+        "the LTX file the transformer and VAE come from, and the second pass's upscaler"
     assert preload.pop(IDS.vlm) is None, "Qwen's repository whole: every file of it runs, and no name is guessed"
     bridges = [p for p in (ROOT / "weights").iterdir() if (p / "bridge.safetensors").exists()]
     assert set(preload) == ({IDS.video, IDS.vision} if bridges else {IDS.video}), "DINOv2 only with a bridge"
-    assert IDS.video_single_file in CITED
+    assert IDS.video_single_file in CITED and IDS.video_upscaler in CITED
     for repo_id, files in preload.items():
         for name in files:
             assert f"{repo_id}/{name}" in CITED, f"{repo_id}/{name} is not a name we can cite: fetch it by pattern"
@@ -70,9 +74,9 @@ def only_listed(source: Path, target: Path, parts_by_folder: dict[str, list[str]
             if path.is_file() and any(listed(part, name) for part in parts):
                 (target / folder / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target / folder / name)
-    single = source / IDS.video_single_file
-    (target / IDS.video_single_file).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(single, target / IDS.video_single_file)
+    for single in (IDS.video_single_file, IDS.video_upscaler):
+        (target / single).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / single, target / single)
 
 
 def test_the_loaders_read_only_listed_files_and_load_from_them_alone(models, tmp_path):

@@ -104,8 +104,8 @@ ROOMS = {
     "jobs": {"jobs"},
     "runtime": {"runtime", "health"},
     "story": {"story"},
-    "stages": {"vlm", "video", "scheduling", "graphs"},
-    "models": {"models", "ltx_checkpoint", "bridge", "scheduler"},
+    "stages": {"vlm", "video", "passes", "scheduling", "graphs"},
+    "models": {"models", "ltx_checkpoint", "bridge", "scheduler", "upscaler"},
     "base": {"config", "inputs", "events", "media", "trace"},
 }
 MAY_IMPORT = {

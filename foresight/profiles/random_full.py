@@ -121,6 +121,7 @@ def build_video_pipeline(tiny_folder, settings: Settings, load_text_encoder: boo
 
 def build_models(settings: Settings, log: Callable[[str], None] = print, load_text_encoder: bool | None = None):
     """Every model at full size with random weights (the bridge too), on the settings' device."""
+    from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
     from transformers import AutoImageProcessor, AutoProcessor, Dinov2Config, Dinov2Model
 
     folder, _ = ensure_tiny_models()
@@ -134,5 +135,7 @@ def build_models(settings: Settings, log: Callable[[str], None] = print, load_te
         bridge = Bridge(BridgeConfig(base_models=base_models(settings))).eval()
     video_pipeline = build_video_pipeline(folder / ids.video, settings,
                                           needs_text_encoder(settings, True, load_text_encoder))
+    with _building(device, dtype):  # the authors' 0.9.8 upscaler: 128 latent channels, 512 wide, 4 blocks a stage
+        upscaler = LTXLatentUpsamplerModel(in_channels=128, mid_channels=512, num_blocks_per_stage=4, dims=3).eval()
     return Models(vlm_processor, vlm, AutoImageProcessor.from_pretrained(folder / ids.vision), vision,
-                  video_pipeline, bridge, "random full-size bridge (random-full profile)", settings)
+                  video_pipeline, bridge, "random full-size bridge (random-full profile)", settings, upscaler=upscaler)

@@ -20,7 +20,7 @@ import torch
 
 from foresight.config import ModelIds, Settings, base_models, cache_dir
 
-TINY_VERSION = 9  # bump when the layouts below change, so stale caches are rebuilt
+TINY_VERSION = 10  # bump when the layouts below change, so stale caches are rebuilt
 IDS = ModelIds()
 
 # Qwen's special tokens, in the real tokenizer's order.
@@ -95,6 +95,7 @@ def ensure_tiny_models() -> tuple[Path, Path]:
     write_tiny_qwen(tmp / IDS.vlm)
     write_tiny_dinov2(tmp / IDS.vision)
     write_tiny_ltx(tmp / IDS.video, tmp / IDS.video_single_file)
+    write_tiny_upscaler(tmp / IDS.video_upscaler)
     write_tiny_bridge(tmp / "weights" / "tiny-random")
     (tmp / "COMPLETE").write_text("ok\n")
     try:
@@ -356,6 +357,32 @@ def write_tiny_ltx(folder: Path, single_file: Path) -> None:
     single_file.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, single_file, metadata={
         "config": json.dumps({"transformer": AUTHORS_TRANSFORMER, "vae": AUTHORS_VAE}), "tiny_writer": writer})
+
+
+# LTX's latent upscaler in miniature, in the authors' configuration format (the metadata their
+# `LatentUpsampler.from_pretrained` builds it from): the tiny VAE's latent channels, doubled in space.
+AUTHORS_UPSCALER = dict(_class_name="LatentUpsampler", in_channels=16, mid_channels=32, num_blocks_per_stage=1,
+                        dims=3, spatial_upsample=True, temporal_upsample=False)
+
+
+def write_tiny_upscaler(path: Path) -> None:
+    """The upscaler's single file as the authors publish it: their `LatentUpsampler`'s weights (made
+    by their class where their package is installed, else by diffusers' `LTXLatentUpsamplerModel`,
+    the same network under the same names; a test holds the two to the same keys) and its config."""
+    from safetensors.torch import save_file
+
+    config = {key: value for key, value in AUTHORS_UPSCALER.items() if key != "_class_name"}
+    try:
+        from ltx_video.models.autoencoders.latent_upsampler import LatentUpsampler
+
+        model, writer = LatentUpsampler(**config), "ltx_video"
+    except ImportError:
+        from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+
+        model, writer = LTXLatentUpsamplerModel(**config), "diffusers"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path,
+              metadata={"config": json.dumps(AUTHORS_UPSCALER), "tiny_writer": writer})
 
 
 def write_tiny_bridge(folder: Path) -> None:
