@@ -125,6 +125,8 @@ def build_demo(page: Page, about: str = "") -> gr.Blocks:
                                       elem_id="prompt", lines=1, max_length=MAX_QUESTION_CHARS)
                 preset = gr.Radio([(preset_label(name), name) for name in PRESETS], value=default_preset,
                                   label="Video", elem_id="preset")
+                sharper = gr.Checkbox(value=False, label="Sharper: LTX's second pass, as its authors recommend "
+                                      "for a final clip (slower)", elem_id="sharper", visible=2 in pipe.models.passes)
                 with gr.Accordion("Options", open=False):
                     mode = gr.Radio([c for c in MODE_CHOICES if c[1] in ["auto", *pipe.models.modes]], value="auto",
                                     label="Conditioning", elem_id="mode")
@@ -158,7 +160,8 @@ def build_demo(page: Page, about: str = "") -> gr.Blocks:
         # SESSION_TTL_S): then its runs are let go. Sessions Gradio drops for capacity skip these
         # callbacks; RunStore finds their runs by `Page.is_live`.
         control = gr.State(None)  # the Stop of the run on its way, if one is
-        record = gr.State(RunRecord(), time_to_live=SESSION_TTL_S, delete_callback=lambda r: page.runs.let_go([r.folder]))
+        record = gr.State(RunRecord(), time_to_live=SESSION_TTL_S,
+                          delete_callback=lambda r: page.runs.let_go([r.folder]))
         history = gr.State([], time_to_live=SESSION_TTL_S,
                            delete_callback=lambda h: page.runs.let_go([item.folder for item in h]))
         timer = gr.Timer(1.0, active=False)
@@ -177,13 +180,14 @@ def build_demo(page: Page, about: str = "") -> gr.Blocks:
         started = generate.click(page.on_generate, outputs=[reasoning, preview, video, shown, status, control, record,
                                                             *locking], queue=False, **private)
         generate.click(None, js=SHOW_OUTPUT_ON_PHONES, **private)
-        started.then(page.generate, inputs=[image, question, preset, mode, seed, randomize, control],
+        started.then(None, js=SHOW_OUTPUT_ON_PHONES, **private)  # again once the output's reset has reflowed the page
+        started.then(page.generate, inputs=[image, question, preset, sharper, mode, seed, randomize, control],
                      outputs=list(page.run_outputs), validator=page.admit_generate, **gpu_queue, **private
                      ).then(**ended)
         going_on = and_then.click(page.on_and_then, outputs=[preview, video, status, control, *locking], queue=False,
                                   **private)
         and_then.click(None, js=SHOW_OUTPUT_ON_PHONES, **private)
-        going_on.then(page.and_then, inputs=[question, mode, seed, randomize, record, control],
+        going_on.then(page.and_then, inputs=[question, sharper, mode, seed, randomize, record, control],
                       outputs=list(page.run_outputs), validator=page.admit_and_then, **gpu_queue, **private
                       ).then(**ended)
         stop.click(page.on_stop, inputs=[control], outputs=[status, stop], queue=False, **private)
@@ -197,7 +201,9 @@ def build_demo(page: Page, about: str = "") -> gr.Blocks:
                        outputs=[image, question, preset, seed, randomize, reasoning, preview, video, shown, status,
                                 record, history, gallery, and_then, retry], **private)
         gallery.select(None, js=SHOW_OUTPUT_ON_PHONES, **private)
-        api_trigger.click(page.predict, inputs=[image, question, preset, api_clip], outputs=[reasoning, preview, video],
+        api_sharper = gr.Checkbox(visible=False, value=False, label="Sharper (two passes)")
+        api_trigger.click(page.predict, inputs=[image, question, preset, api_clip, api_sharper],
+                          outputs=[reasoning, preview, video],
                           api_name="predict", validator=page.admit_predict, **gpu_queue)
     page.demo = demo
     return demo

@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--mode", choices=["fused", "text"], default=None,
                          help="conditioning mode (default: fused when bridge weights are present, else text)")
     predict.add_argument("--seed", type=int, default=None)
+    predict.add_argument("--sharper", action="store_true",
+                         help="LTX's authors' second pass: the clip at two thirds of the size, its latents upscaled, "
+                              "three more steps at twice that (sharper, slower)")
     add_model_options(predict)
     predict.add_argument("--models-dir", default=None, help="local folders named like the hub ids")
     predict.add_argument("--out", default="outputs", help="folder for the mp4")
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--app", default=None, metavar="URL",
                        help="time a running app (python app.py, a Space, a share link) as its client sees it, "
                             "instead of the pipeline in this process")
+    bench.add_argument("--passes", default=None, metavar="1,2",
+                       help="LTX's passes: 1 (default), 2 (the authors' second pass: a \"two passes\" row), or 1,2")
     bench.add_argument("--no-and-then", action="store_true",
                        help="first runs only: no \"and then\" row (the next segment of each row's story)")
     bench.add_argument("--json", default=None, help="write the results here as JSON")
@@ -203,11 +208,12 @@ def predict_command(models, args) -> int:
     status = 0
     try:
         for ev in pipe(args.image, prompt=args.prompt, preset=args.preset, mode=args.mode, seed=args.seed,
-                       out_dir=args.out, story=story, clip=clip):
+                       out_dir=args.out, story=story, clip=clip, passes=2 if args.sharper else 1):
             if events_log:
                 events_log.write(json.dumps(ev) + "\n")
                 events_log.flush()
             if ev["type"] == "thinking_start":
+                passes = ev["passes"]
                 for note in ev["input_notes"]:
                     log(f"[foresight] {note}")
                 if ev["segment"] > 1:
@@ -223,7 +229,8 @@ def predict_command(models, args) -> int:
                 if ev["video_url"]:
                     log(f"video: {Path(ev['video_url'])} (and then? `python -m foresight predict --continue "
                         f"{Path(ev['video_url'])}`)")
-                log(f"mode {ev['mode']}, seed {ev['seed']}; first token {_secs(ev['ttft'])}, "
+                log(f"mode {ev['mode']}, seed {ev['seed']}{', two passes' if passes == 2 else ''}; first token "
+                    f"{_secs(ev['ttft'])}, "
                     f"first preview {_secs(ev['first_frame'])}, video ready {_secs(ev['video_ready'])}")
                 if args.trace:
                     title = f"{Path(args.image or args.story).name} · {ev['preset']} · {ev['mode']} · {models.settings.profile}"

@@ -48,6 +48,7 @@ class RunRequest:
     context: str = ""  # said to Qwen before the question: what the story's last segment foresaw
     notes: tuple[str, ...] = ()  # what was done to the input, in words
     mode_note: str = ""  # why the mode asked for did not run, in words
+    passes: int = 1  # LTX's passes: 1, or the authors' 2 (`passes.py`)
 
 
 @dataclass
@@ -147,14 +148,14 @@ def render(models, run: Run, job: VideoJob, graphs) -> None:
         mp4 = copier.submit(files.start_video, job.condition[0].size, preset.fps)  # ffmpeg starts meanwhile
         embeds, mask = conditioning(models, run, job)
 
-        def on_preview(step: int, rgb: torch.Tensor) -> None:
+        def on_preview(number: int, step: int, rgb: torch.Tensor) -> None:
             ready = run.kept["host"].ready_marker()  # the decode is queued; the copy waits for it elsewhere
-            previews.append(copier.submit(post_preview, models, run, rgb, ready, step, preset))
+            previews.append(copier.submit(post_preview, models, run, rgb, ready, (number, step), preset))
 
         condition = job.prepared.result() if job.prepared is not None else prepare(models, run, job.condition)
         frames = video_stage.render(models, condition, preset.num_frames, preset.fps, run.request.seed, embeds, mask,
                                     run.stop, on_preview=on_preview, trace=run.trace, graphs=graphs,
-                                    attach=run.shift.attach)
+                                    attach=run.shift.attach, passes=run.request.passes)
         for preview in previews:
             preview.result()
         writer, mp4 = mp4.result(), None
@@ -237,14 +238,19 @@ def see(models, run: Run, image) -> torch.Tensor:
         return video_stage.vision_tokens(models, image)
 
 
-def post_preview(models, run: Run, rgb: torch.Tensor, ready, step: int, preset: Preset) -> None:
-    with run.trace.span("host", f"preview {step} to JPEG", gpu=False):
-        path = run.jpeg(run.kept["host"].to_host(rgb, ready).numpy(), f"{preset.name}-step{step}")
+def post_preview(models, run: Run, rgb: torch.Tensor, ready, at: tuple[int, int], preset: Preset) -> None:
+    """A preview `at` (pass, step), as a JPEG beside the mp4 (`<name>-<preset>-step<N>.jpg`, a second
+    pass's `<name>-<preset>-pass2-step<N>.jpg`), posted."""
+    number, step = at
+    which = "" if number == 1 else f"pass{number}-"
+    with run.trace.span("host", f"{'' if number == 1 else f'pass {number} '}preview {step} to JPEG", gpu=False):
+        path = run.jpeg(run.kept["host"].to_host(rgb, ready).numpy(), f"{preset.name}-{which}step{step}")
     run.post("preview", t=run.now(), frame_index=preset.num_frames - 1, total_frames=preset.num_frames,
-             kind="preview", step=step, num_steps=models.settings.sampling.num_steps, path=path)
+             kind="preview", step=step, num_steps=models.settings.sampling.pass_steps(run.request.passes)[number - 1],
+             path=path, **{"pass": number})
 
 
 def post_frames(run: Run, frames: torch.Tensor) -> None:
     for index, rgb in enumerate(frames.numpy()):
         run.post("frame", t=run.now(), frame_index=index, total_frames=len(frames), kind="frame", step=None,
-                 path=run.jpeg(rgb, f"frame{index:03d}"))
+                 path=run.jpeg(rgb, f"frame{index:03d}"), **{"pass": None})

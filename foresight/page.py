@@ -177,7 +177,7 @@ class Page:
                     files = self.files_for(session, record, folder, previous, clip)
                     events = self.run_pipeline(record.upload, prompt=record.question, preset=record.preset,
                                                mode=None if mode == "auto" else mode, seed=record.seed, stop=stop,
-                                               files=files)
+                                               files=files, passes=record.passes)
                     for ev in events:
                         record.follow(ev)
                         yield ev
@@ -213,10 +213,12 @@ class Page:
         return {ui.reasoning: "", ui.preview: None, ui.video: None, ui.caption: "", ui.status: "Waiting for the GPU…",
                 ui.control: StopFlag(), ui.record: RunRecord(), **self.locked()}
 
-    def generate(self, image, question, preset, mode, seed, randomize, control, request: gr.Request):
-        """One run for the page: text, preview then video in one place, status in words."""
+    def generate(self, image, question, preset, sharper, mode, seed, randomize, control, request: gr.Request):
+        """One run for the page: text, preview then video in one place, status in words; `sharper`:
+        LTX's second pass."""
         stop, seed = control or StopFlag(), random.randrange(2**31) if randomize else int(seed or 0)
-        record = RunRecord(name=storage.video_name(image, seed), question=question or "", preset=preset, seed=seed)
+        record = RunRecord(name=storage.video_name(image, seed), question=question or "", preset=preset, seed=seed,
+                           passes=2 if sharper else 1)
         events = self.stream(self.session(request.session_hash), record, stop, image=image, mode=mode)
         yield from self.shown(record, events, stop, "Thinking…", self.run_outputs)
 
@@ -226,13 +228,13 @@ class Page:
         return {ui.preview: None, ui.video: None, ui.status: "Waiting for the GPU…", ui.control: StopFlag(),
                 **self.locked()}
 
-    def and_then(self, question, mode, seed, randomize, record, control, request: gr.Request):
+    def and_then(self, question, sharper, mode, seed, randomize, record, control, request: gr.Request):
         """The story the page shows goes on: Qwen looks at its last frame, LTX renders the next
         segment from its last frames, and the video becomes the whole story. Stopped or refused,
         the page shows the story as it was, which is still kept; a segment whose video failed keeps
         its text, and Retry video renders it, as a first run's does."""
-        stop, previous = control or StopFlag(), record
-        new = RunRecord(question=question or "", preset=None, seed=random.randrange(2**31) if randomize else int(seed or 0))
+        stop, previous, seed = control or StopFlag(), record, random.randrange(2**31) if randomize else int(seed or 0)
+        new = RunRecord(question=question or "", preset=None, seed=seed, passes=2 if sharper else 1)
         session, shown = self.session(request.session_hash), None
         events = self.stream(session, new, stop, mode=mode, previous=previous)
         for shown in self.shown(new, events, stop, "Thinking…", self.run_outputs):
@@ -335,7 +337,7 @@ class Page:
             return {ui.image: None, ui.status: refusal(str(exc))}
         return {ui.image: image, ui.status: "  \n".join(["Ready."] + [f"ℹ️ {note}" for note in notes])}
 
-    def predict(self, image=None, prompt: str = "", preset: str | None = None, clip=None):
+    def predict(self, image=None, prompt: str = "", preset: str | None = None, clip=None, sharper: bool = False):
         """Look at one image, reason about it out loud, and render a short video of what happens next; or continue a clip.
 
         Args:
@@ -343,6 +345,7 @@ class Page:
             prompt: an optional question about the picture, e.g. "What will the dog do next?"
             preset: the video's size and length: "fast" (256x256, 25 frames, 1.0 s), "default" (512x512, 49 frames, 2.0 s) or "high" (768x768, 65 frames, 2.7 s), all at 24 fps
             clip: optional, to ask "and then?": an mp4 to continue, such as the clip this tool returned. The model looks at its last frame, the new segment begins with its last frames (9, or 17 at "high"), and the clip returned is the one sent (at 24 fps and the preset's size) followed by the new frames. Clips up to 20 s and Full HD
+            sharper: optional, true for LTX's authors' second pass: the clip rendered at two thirds of the size, its latents upscaled, three more steps at twice that; sharper, and slower
         Returns:
             the model's reasoning, whose first line is its prediction of what happens next
             the clip's last preview frame (a JPEG)
@@ -350,7 +353,7 @@ class Page:
         """
         seed = random.randrange(2**31)
         record = RunRecord(name=storage.video_name(image, seed), question=prompt or "",
-                           preset=preset or self.default_preset, seed=seed)
+                           preset=preset or self.default_preset, seed=seed, passes=2 if sharper else 1)
         for _ in self.stream(self.session(storage.API_OWNER), record, StopFlag(), image=image, clip=clip or None):
             if record.error:
                 log.info("refused an API input: %s", record.error)
@@ -363,7 +366,8 @@ class Page:
         """While a run is on its way: Generate locked, Stop open, Retry and And then? hidden, the timer on."""
         ui = self.ui
         return {ui.generate: gr.update(interactive=False), ui.stop: gr.update(interactive=True),
-                ui.retry: gr.update(visible=False), ui.and_then: gr.update(visible=False), ui.timer: gr.Timer(active=True)}
+                ui.retry: gr.update(visible=False), ui.and_then: gr.update(visible=False),
+                ui.timer: gr.Timer(active=True)}
 
     @property
     def run_outputs(self) -> tuple:
@@ -385,14 +389,14 @@ class Page:
             log.info("refused a place on the GPU's queue: %s", refused)
         return [gr.validate(not refused, refused or ""), *(gr.validate(True, ""),) * (inputs - 1)]
 
-    def admit_generate(self, image, question, preset, mode, seed, randomize, control, request: gr.Request):
-        return self.admit(request, 7)
+    def admit_generate(self, image, question, preset, sharper, mode, seed, randomize, control, request: gr.Request):
+        return self.admit(request, 8)
 
-    def admit_and_then(self, question, mode, seed, randomize, record, control, request: gr.Request):
-        return self.admit(request, 6)
+    def admit_and_then(self, question, sharper, mode, seed, randomize, record, control, request: gr.Request):
+        return self.admit(request, 7)
 
     def admit_retry(self, record, control, request: gr.Request):
         return self.admit(request, 2)
 
-    def admit_predict(self, image, prompt, preset, clip, request: gr.Request):
-        return self.admit(request, 4, api=True)
+    def admit_predict(self, image, prompt, preset, clip, sharper, request: gr.Request):
+        return self.admit(request, 5, api=True)

@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 import torch
 
 from foresight import jobs
+from foresight import passes as passes_stage
 from foresight import video as video_stage
 from foresight import vlm as vlm_stage
 from foresight.config import MAX_SEGMENTS, PRESETS, SMALLER_PRESET, Preset, run_timeout
@@ -78,9 +79,13 @@ def run_files(out_dir, name: str, story, clip, preset: str | None) -> RunFiles:
 
 
 def accepted(models, trace: Trace, files: RunFiles, image, prompt, preset, mode, seed, stop, reasoning, video,
-             frame_events) -> Run:
-    """The run's request, checked: the question, what it begins from, the mode; InputError in words."""
+             frame_events, passes: int) -> Run:
+    """The run's request, checked: the question, what it begins from, the mode, the passes;
+    InputError in words."""
     question = check_question(prompt)
+    if passes not in models.passes:
+        raise InputError("Two passes need LTX's latent upscaler, which is not loaded here." if passes == 2 else
+                         f"LTX runs in one pass or two, not {passes}.")
     notes: list[str] = []
     if files.story is None:
         with trace.span("text", "load image", gpu=False):
@@ -96,7 +101,7 @@ def accepted(models, trace: Trace, files: RunFiles, image, prompt, preset, mode,
         image=looked_at, frames=frames, condition=condition, question=question, preset=preset, mode=mode,
         seed=random.randrange(2**31) if seed is None else int(seed), reasoning=reasoning, video=video,
         frame_events=frame_events, context=vlm_stage.context_line(files.story.prediction) if files.story else "",
-        notes=tuple(notes), mode_note=note)
+        notes=tuple(notes), mode_note=note, passes=passes)
     return Run(request, files, stop, trace)
 
 
@@ -141,13 +146,14 @@ class ForesightPipeline:
                  seed: int | None = None, out_dir: str | Path | None = None, stop=None, reasoning: str | None = None,
                  video: bool = True, frame_events: bool = False, video_name: str | None = None,
                  story: str | Path | None = None, clip: str | Path | None = None,
-                 files: RunFiles | None = None) -> Iterator[dict]:
+                 files: RunFiles | None = None, passes: int = 1) -> Iterator[dict]:
         """Yield the run's events.
 
         `files`: where the run's files go (`story.RunFiles`, as the page and the API make them);
         else made here from `out_dir` (default: a new temporary folder) and `video_name` (the mp4's
         name without .mp4; default the run id), going on from `story` (an mp4 this app made, or a
         folder holding one) or a bare `clip` (a stranger's mp4, decoded under the clip budget).
+        `passes=2`: LTX's authors' two passes (sharper, slower: `passes.py`); 1 by default.
         `preset`: default the story's (continuing one), else "default". `stop`: a `runtime.StopFlag`
         or a `threading.Event`. `reasoning`: render the video again for this existing text, without
         the VLM stream. `video=False`: the reasoning alone. `frame_events`: also a `video_frame` event
@@ -162,7 +168,7 @@ class ForesightPipeline:
                 raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
             files = files or run_files(out_dir, video_name or run_id, story, clip, preset)
             run = accepted(self.models, trace, files, image, prompt, preset, mode, seed, stop, reasoning, video,
-                           frame_events)
+                           frame_events, passes)
         except InputError as exc:
             yield event("error", trace.now(), stage="input", message=str(exc), recoverable=True)
             return
@@ -196,7 +202,8 @@ class ForesightPipeline:
         return event("thinking_start", run.now(), run_id=run_id, preset=request.preset, mode=request.mode,
                      width=request.condition[0].width, height=request.condition[0].height,
                      num_frames=preset.num_frames, fps=preset.fps, seed=request.seed,
-                     num_steps=self.models.settings.sampling.num_steps, note=request.mode_note,
+                     num_steps=self.models.settings.sampling.num_steps, passes=request.passes,
+                     pass_steps=list(self.models.settings.sampling.pass_steps(request.passes)), note=request.mode_note,
                      input_notes=list(request.notes),
                      segment=run.files.segment, max_segments=MAX_SEGMENTS, condition_frames=len(request.condition),
                      story_frames=story.num_frames if story else 0)
@@ -395,11 +402,17 @@ class ForesightPipeline:
                 list(self(image, preset=preset, seed=0, out_dir=scratch, reasoning="Next: warming up."))
             list(self(image, preset="fast", seed=0, out_dir=scratch))
 
+    def _pass_sizes(self, size: tuple[int, int]) -> list[tuple[int, int]]:
+        """The sizes LTX runs at for a clip of `size`: one pass's, and with the upscaler both of two passes'."""
+        if 2 not in self.models.passes:
+            return [size]
+        return [size, *passes_stage.pass_sizes(*size, self.models.settings.sampling.downscale_factor)]
+
     def _capture_graphs(self, log: Callable[[str], None]) -> None:
-        """The video graphs of every preset at the common aspect ratios, for both conditionings,
-        captured on the renderer thread that replays them."""
-        sizes = sorted({(*fit_size(width, height, preset), preset.num_frames) for preset in PRESETS.values()
-                        for width, height in GRAPH_ASPECTS})
+        """The video graphs of every preset at the common aspect ratios (each pass's size too), for both
+        conditionings, captured on the renderer thread that replays them."""
+        sizes = sorted({(*size, preset.num_frames) for preset in PRESETS.values() for width, height in GRAPH_ASPECTS
+                        for size in self._pass_sizes(fit_size(width, height, preset))})
         started = time.perf_counter()
         self.runtime.workers()["renderer"].submit(lambda: video_stage.capture_graphs(  # on the renderer's stream
             self.models, self._video_graphs, sizes, video_stage.warm_conditionings(self.models))).result()

@@ -16,7 +16,9 @@ class FromFirstTimestep(FlowMatchEulerDiscreteScheduler):
     """diffusers' flow-matching Euler scheduler, told at every `set_timesteps` that sampling starts at
     the first timestep. Otherwise its first `step` looks its index up by value (`index_for_timestep`:
     a `nonzero` and an `item`, a device sync on a GPU, and nothing a CUDA graph can hold). Every run
-    here starts at the first timestep (denoising strength 1).
+    here starts at the first timestep (denoising strength 1), but for LTX's second pass, which drops
+    the first of the timesteps diffusers is given: LTXConditionPipeline steps by per-token timesteps,
+    whose step sizes come from the sigmas themselves, not from the index (tests/test_passes.py).
 
     The scheduler is one object shared by every run; only the thread that set its timesteps (the
     run now sampling) may step it. A worker abandoned mid-step that wakes up later is refused."""

@@ -37,6 +37,7 @@ class RunRecord:
     question: str = ""
     preset: str = "default"
     seed: int = 0
+    passes: int = 1  # LTX's passes: 1, or the authors' 2 (sharper, slower)
     mode: str | None = None
     size: str = ""  # "288×192, 25 frames (1.0 s at 24 fps)"
     segment: int = 1
@@ -64,6 +65,7 @@ class RunRecord:
         kind = ev["type"]
         if kind == "thinking_start":
             self.mode, self.size, self.segment, self.seed = ev["mode"], rendering_line(ev), ev["segment"], ev["seed"]
+            self.passes = ev["passes"]
             self.preset, self.notes = ev["preset"], [note for note in (ev["note"], *ev["input_notes"]) if note]
         elif kind == "text_chunk":
             self.text += ev["content"]
@@ -92,7 +94,8 @@ class RunRecord:
             return (f"**The video shows:** “{self.prediction}”  \n"
                     "Text mode: the video is conditioned on this line of the model's thinking.")
         if self.mode == "fused":
-            return "Fused mode: the video is conditioned on the image and the model's thinking through the learned bridge."
+            return ("Fused mode: the video is conditioned on the image and the model's thinking through the learned "
+                    "bridge.")
         return ""
 
     @property
@@ -131,6 +134,8 @@ def status_line(record: RunRecord, ev: dict, stopping: bool = False) -> str | No
     story = f"Segment {record.segment} of at most {MAX_SEGMENTS} · " if record.segment > 1 else ""
     if ev["type"] == "video_frame":
         step = f"step {ev['step'] + 1}/{ev['num_steps']}"
+        if record.passes > 1:  # which of LTX's passes
+            step = f"pass {ev['pass']} of {record.passes} · {step}"
         return story + step if story else f"Rendering {step}"
     if ev["type"] == "error" and ev["stage"] == "video":
         return refusal(ev["message"])
@@ -143,7 +148,8 @@ def summary(record: RunRecord) -> str:
     """The status line once a run has ended."""
     if record.stopped and not record.video:
         return "Stopped."
-    parts = [f"**{record.mode}** mode", f"seed {record.seed}", f"rendered at {record.size}"]
+    parts = [f"**{record.mode}** mode", f"seed {record.seed}",
+             f"rendered at {record.size}" + (" in two passes" if record.passes == 2 else "")]
     if record.segment > 1:
         story = f" (the story: {record.story_s:.1f} s)" if record.video else ""
         parts.insert(0, f"segment {record.segment} of at most {MAX_SEGMENTS}{story}")

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
+from foresight import passes as passes_stage
 from foresight.graphs import StaticGraphs, graphed_forward
 from foresight.media import h264_round_trip
 from foresight.trace import Trace, null_trace
@@ -172,8 +173,9 @@ def to_uint8(unit: torch.Tensor) -> torch.Tensor:
     return (unit.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-MAX_TRANSFORMER_SHAPES = 48  # 7 aspect ratios x 3 presets x 2 prompt lengths (bridge, T5), and a few more
-MAX_PREVIEW_SHAPES = 24
+# 7 aspect ratios x 3 presets x 3 sizes (one pass, and each of two) x 2 prompt lengths (bridge, T5), and a few more
+MAX_TRANSFORMER_SHAPES = 144
+MAX_PREVIEW_SHAPES = 72
 
 
 class VideoGraphs:
@@ -199,13 +201,19 @@ class VideoGraphs:
         return self.transformer.captured + self.preview.captured
 
 
-def sampling_arguments(models, condition: Sequence[Image.Image], num_frames: int, fps: int, seed: int,
-                       prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor) -> dict:
-    """LTXConditionPipeline's arguments for one clip sampled as `config.VideoSampling` says, its
-    first frames `condition`: one image, or 8k+1 frames as a video at frame 0 (the authors'
-    `conditioning_media_paths` with start frame 0, each frame prepared as their image is:
-    `ltx_video/inference.py`, `load_media_file`). Every latent frame the condition covers is held
-    at its VAE encoding, noised by `image_cond_noise_scale` x sigma^2 at each step."""
+def sampling_arguments(models, condition: Sequence[Image.Image], num_frames: int, fps: int, generator,
+                       prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor,
+                       timesteps: Sequence[float] | None = None, latents: torch.Tensor | None = None) -> dict:
+    """LTXConditionPipeline's arguments for one pass sampled as `config.VideoSampling` says (its
+    `timesteps`, the first pass's by default), its first frames `condition`: one image, or 8k+1
+    frames as a video at frame 0 (the authors' `conditioning_media_paths` with start frame 0, each
+    frame prepared as their image is: `ltx_video/inference.py`, `load_media_file`). Every latent
+    frame the condition covers is held at its VAE encoding, noised by `image_cond_noise_scale` x
+    sigma^2 at each step. `latents`: a pass that goes on from them (LTX's second), noised to its
+    first timestep: diffusers does that only for a denoising strength below 1, which drops the first
+    of the timesteps it is given, so a first one (1000, the schedule's top) is put before them (the
+    step sizes come from the per-token timesteps: tests/test_passes.py). `generator`: a
+    seed, or the generator the first pass drew from (the authors' second pass goes on drawing from it)."""
     from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
 
     first = condition[0]
@@ -213,79 +221,114 @@ def sampling_arguments(models, condition: Sequence[Image.Image], num_frames: int
         LTXVideoCondition(video=list(condition), frame_index=0)
 
     pipeline, sampling = models.video_pipeline, models.settings.sampling
+    timesteps = list(sampling.timesteps if timesteps is None else timesteps)
     prompt_embeds = prompt_embeds.to(pipeline.transformer.dtype)
     conditioning = dict(prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_attention_mask)
     if sampling.guidance_scale > 1:
         conditioning.update(negative_conditioning(models, prompt_embeds, prompt_attention_mask))
+    if latents is not None:
+        conditioning.update(latents=latents, denoise_strength=len(timesteps) / (len(timesteps) + 1))
+        timesteps = [1000.0, *timesteps]
+    if not isinstance(generator, torch.Generator):
+        generator = torch.Generator(device=pipeline.device).manual_seed(generator)
     return dict(conditions=[frame], width=first.width, height=first.height, num_frames=num_frames, frame_rate=fps,
-                timesteps=list(sampling.timesteps), guidance_scale=sampling.guidance_scale,
+                timesteps=timesteps, guidance_scale=sampling.guidance_scale,
                 image_cond_noise_scale=sampling.image_cond_noise_scale, decode_timestep=sampling.decode_timestep,
-                decode_noise_scale=sampling.decode_noise_scale,
-                generator=torch.Generator(device=pipeline.device).manual_seed(seed), **conditioning)
+                decode_noise_scale=sampling.decode_noise_scale, generator=generator, **conditioning)
 
 
 @torch.inference_mode()
 def render(models, condition: Sequence[Image.Image], num_frames: int, fps: int, seed: int,
            prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor, stop: threading.Event,
-           on_preview: Callable[[int, torch.Tensor], None] = lambda step, rgb: None,
+           on_preview: Callable[[int, int, torch.Tensor], None] = lambda number, step, rgb: None,
            trace: Trace = null_trace, graphs: VideoGraphs | None = None,
-           attach: Callable[[Callable[[], None]], None] = lambda undo: None) -> torch.Tensor:
+           attach: Callable[[Callable[[], None]], None] = lambda undo: None, passes: int = 1) -> torch.Tensor:
     """Denoise with LTX, `condition` (the condition image, or the story's last frames, prepared:
-    `prepare_condition`) as its first frames -> frames [F, H, W, 3] uint8 on the CPU.
+    `prepare_condition`) as its first frames -> frames [F, H, W, 3] uint8 on the CPU, at the
+    condition's size. `passes=2`: the authors' two passes (`passes.py`): the first at two thirds of
+    the size, the upscaler, the second at twice the first's, the frames resized to the size.
 
-    `on_preview(step, rgb)` gets previews ([H, W, 3] uint8 on the model's device, still being
-    computed there: the caller copies it off the critical path) on the steps of the preview cadence
-    (`Settings.preview_every`), the last step included. Raises Stopped when `stop` is set. With
-    `graphs` (`Settings.video_graphs`), each step's transformer forward and each preview decode run
-    through their static graphs. `attach(undo)` is told how to take each hook (and the graphed
-    forward) off the shared transformer again, for a caller that must do it from another thread.
+    `on_preview(pass, step, rgb)` gets previews ([H, W, 3] uint8 at the clip's size, on the model's
+    device, still being computed there: the caller copies it off the critical path) on the steps of
+    the preview cadence (`Settings.preview_every`) of each pass, its last step included. Raises
+    Stopped when `stop` is set. With `graphs` (`Settings.video_graphs`), each step's transformer
+    forward and each preview decode run through their static graphs. `attach(undo)` is told how to
+    take each hook (and the graphed forward) off the shared transformer again, for a caller that
+    must do it from another thread.
     """
-    pipeline, settings = models.video_pipeline, models.settings
-    sampling = settings.sampling
-    shape = latent_shape(pipeline, num_frames, condition[0].height, condition[0].width)
+    pipeline, sampling = models.video_pipeline, models.settings.sampling
+    size = condition[0].size
+    sizes = [size] if passes == 1 else list(passes_stage.pass_sizes(*size, sampling.downscale_factor))
+    schedules = [sampling.timesteps, sampling.second_pass_timesteps][:passes]
     estimate = DenoisingEstimate(pipeline, sampling.guidance_scale)
     attach(estimate.remove)
-    previewed = set(preview_steps(sampling.num_steps, settings.preview_every))
-    decode = graphs.decode_preview if graphs is not None else functools.partial(decode_estimate, pipeline)
-    call_start = trace.mark()
-    marks = {}  # where the current step began, and where the final decode begins
-    sampler = threading.get_ident()
+    marks, sampler = {}, threading.get_ident()  # where the current step began, and where the final decode begins
 
-    def on_forward(module, args):  # a step begins; before the first, the condition image was encoded
+    def on_forward(module, args):  # a step begins; before a pass's first, its condition was encoded
         if threading.get_ident() != sampler:  # an abandoned run's worker, woken up: not this run's step
             raise Stopped()
         if "step" not in marks:
-            trace.add("video", "encode image", call_start, trace.mark())
+            trace.add("video", "encode image", marks["pass"], trace.mark())
         marks["step"] = trace.mark()
-
-    def on_step_end(pipe, step, timestep, callback_kwargs):
-        trace.add("video", f"step {step}", marks["step"], trace.mark())
-        if stop.is_set():
-            raise Stopped()
-        if step in previewed:
-            with trace.span("video", f"preview {step}"):
-                on_preview(step, decode(estimate.x0, shape, sampling.decode_timestep,
-                                        whole=settings.preview_decode == "whole"))
-        marks["decode"] = trace.mark()
-        return {}
 
     step_hook = pipeline.transformer.register_forward_pre_hook(on_forward)
     attach(step_hook.remove)
     graphed = graphed_forward(pipeline.transformer, graphs.transformer) if graphs else contextlib.nullcontext()
+    generator, latents = torch.Generator(device=pipeline.device).manual_seed(seed), None
     try:
         with graphed as undo_forward:
             if undo_forward is not None:
                 attach(undo_forward)
-            output = pipeline(**sampling_arguments(models, condition, num_frames, fps, seed, prompt_embeds,
-                                                   prompt_attention_mask),
-                              output_type="pt", callback_on_step_end=on_step_end)
+            for number, (pass_size, timesteps) in enumerate(zip(sizes, schedules), start=1):
+                marks.pop("step", None)  # its first forward marks its condition's encode
+                marks["pass"] = trace.mark()
+                callback = _previewing(models, estimate, marks, trace, stop, on_preview, graphs, number, passes,
+                                       (num_frames, pass_size), size)
+                arguments = sampling_arguments(models, passes_stage.condition_at(condition, pass_size), num_frames,
+                                               fps, generator, prompt_embeds, prompt_attention_mask, timesteps,
+                                               latents)
+                last = number == passes
+                output = pipeline(**arguments, output_type="pt" if last else "latent", callback_on_step_end=callback)
+                if not last:
+                    with trace.span("video", "upscale"):
+                        latents = passes_stage.upsample(pipeline, models.upscaler, output.frames)
         trace.add("video", "VAE decode", marks["decode"], trace.mark())
         with trace.span("video", "frames to CPU"):
-            frames = to_uint8(output.frames[0]).permute(0, 2, 3, 1).cpu()  # [F, H, W, 3]
+            frames = passes_stage.resized(output.frames[0], size)  # [F, 3, H, W]: from the second pass's size
+            frames = to_uint8(frames).permute(0, 2, 3, 1).cpu()
     finally:
         estimate.remove()
         step_hook.remove()
     return frames
+
+
+def _previewing(models, estimate, marks, trace, stop, on_preview, graphs, number: int, passes: int,
+                clip: tuple[int, tuple[int, int]], size: tuple[int, int]):
+    """A pass's step callback: its step's span, Stop, and the previews of its cadence, decoded at the
+    pass's size and shown at the clip's."""
+    pipeline, settings = models.video_pipeline, models.settings
+    num_frames, (width, height) = clip
+    shape = latent_shape(pipeline, num_frames, height, width)
+    previewed = set(preview_steps(settings.sampling.pass_steps(passes)[number - 1], settings.preview_every))
+    decode = graphs.decode_preview if graphs is not None else functools.partial(decode_estimate, pipeline)
+    label = "" if number == 1 else f"pass {number} "
+
+    def on_step_end(pipe, step, timestep, callback_kwargs):
+        trace.add("video", f"{label}step {step}", marks["step"], trace.mark())
+        if stop.is_set():
+            raise Stopped()
+        if step in previewed:
+            with trace.span("video", f"{label}preview {step}"):
+                rgb = decode(estimate.x0, shape, settings.sampling.decode_timestep,
+                             whole=settings.preview_decode == "whole")
+                if (width, height) != size:
+                    rgb = to_uint8(passes_stage.resized(rgb.permute(2, 0, 1)[None].float() / 255, size)[0]
+                                   ).permute(1, 2, 0)
+                on_preview(number, step, rgb)
+        marks["decode"] = trace.mark()
+        return {}
+
+    return on_step_end
 
 
 @torch.inference_mode()

@@ -150,7 +150,8 @@ def test_predict_is_a_tool_an_agent_can_call(server):
             in described
     assert f"all at {PRESETS['fast'].fps} fps" in described
     assert len({preset.fps for preset in PRESETS.values()}) == 1
-    assert set(tools[0]["inputSchema"]["properties"]) == {"image", "prompt", "preset", "clip"}
+    assert set(tools[0]["inputSchema"]["properties"]) == {"image", "prompt", "preset", "clip", "sharper"}
+    assert "second pass" in tools[0]["inputSchema"]["properties"]["sharper"]["description"]
     continued = tools[0]["inputSchema"]["properties"]["clip"]["description"]
     assert "and then?" in continued and f"up to {MAX_CLIP_SECONDS} s" in continued
     assert f"({PRESETS['default'].condition_frames}, or {PRESETS['high'].condition_frames} at \"high\")" in continued

@@ -70,8 +70,9 @@ def test_predict_continue_goes_on_from_its_own_run_or_from_a_bare_mp4(photo, tmp
     first = next((tmp_path / "a").glob("*.mp4"))
     assert code == 0 and f"--continue {first}" in err, "the console says how to go on"
     code, _, err = in_process(capsys, "predict", "--continue", str(first), "--profile", "tiny",
-                              "--out", str(tmp_path / "b"), "--seed", "2")
+                              "--out", str(tmp_path / "b"), "--seed", "2", "--sharper")
     assert code == 0 and f"segment 2 of at most {MAX_SEGMENTS}, from the story's last 9 frames; seed 2" in err
+    assert "seed 2, two passes" in err, "the second segment in LTX's two passes"
     story = next((tmp_path / "b").glob("*.mp4"))
     assert iio.imread(story, plugin="FFMPEG").shape[0] == fast.num_frames + added
     (tmp_path / "bare").mkdir()

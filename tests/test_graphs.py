@@ -116,6 +116,22 @@ def test_the_warm_up_captures_what_a_run_then_replays(models, photo, tmp_path):
     assert (graphs.transformer.captured, graphs.preview.captured) == (2, 1)
 
 
+def test_the_warm_up_captures_each_pass_and_a_two_pass_run_replays_them_as_it_renders_without(models, photo,
+                                                                                               tmp_path):
+    pipe = ForesightPipeline(with_settings(models, video_graphs=True))
+    view = video_view(photo, PRESETS["fast"])
+    sizes = [(*size, PRESETS["fast"].num_frames) for size in pipe._pass_sizes(view.size)]
+    graphs = pipe._video_graphs
+    video_stage.capture_graphs(pipe.models, graphs, sizes, video_stage.warm_conditionings(pipe.models))
+    captured = (graphs.transformer.captured, graphs.preview.captured)
+    assert len(sizes) == 3 and captured == (6, 3), "one pass's size and each of two passes'"
+    graphed = run_events(pipe, photo, mode="fused", seed=1, out_dir=tmp_path, passes=2, frame_events=True)
+    assert (graphs.transformer.captured, graphs.preview.captured) == captured, "nothing new to prepare"
+    eager = run_events(ForesightPipeline(models), photo, mode="fused", seed=1, out_dir=tmp_path, passes=2,
+                       frame_events=True)
+    assert all(np.array_equal(a, b) for a, b in zip(frames_of(graphed), frames_of(eager), strict=True))
+
+
 # --- the mechanism ----------------------------------------------------------------------------------------
 
 

@@ -125,7 +125,8 @@ def rewrite(models, path, drop=(), add=None, transformer_config=None, vae_config
 
 def test_the_shipped_file_passes_every_load_check(models):
     checks = {c.name: c for c in models.video_checks}
-    assert list(checks) == ["LTX file type", "LTX file keys", "LTX file config", "LTX VAE padding"]
+    assert list(checks) == ["LTX file type", "LTX file keys", "LTX file config", "LTX VAE padding", "LTX upscaler keys",
+                           "LTX upscaler config"]
     assert all(c.ok for c in checks.values())
     assert "ltx-video-0.9.5" in checks["LTX file type"].value
     assert "all used, none missing" in checks["LTX file keys"].value
@@ -210,3 +211,105 @@ def test_the_eighth_step_of_diffusers_example_changes_the_video_negligibly(model
         generator=torch.Generator().manual_seed(0)).frames for timesteps in (seven, seven + (0.03,)))
     assert len(seven) == 7 and seven_latents.shape == eight_latents.shape and seven_latents.std() > 0.1
     assert 0 < (seven_latents - eight_latents).abs().max() < 1e-4 * seven_latents.std()
+
+
+# --- the authors' two passes ---------------------------------------------------------------------------
+
+
+def upscaler_file(models) -> str:
+    return str(models.settings.models_dir / models.settings.model_ids.video_upscaler)
+
+
+def test_the_tiny_upscaler_is_the_authors_file_and_diffusers_model_computes_what_theirs_does(models):
+    """Their `LatentUpsampler.from_pretrained` and our load of the same file into diffusers'
+    `LTXLatentUpsamplerModel`: the same output on the same latents."""
+    from ltx_video.models.autoencoders.latent_upsampler import LatentUpsampler
+
+    with safe_open(upscaler_file(models), framework="pt") as f:
+        assert f.metadata()["tiny_writer"] == "ltx_video" and json.loads(f.metadata()["config"]) == tiny.AUTHORS_UPSCALER
+    theirs = LatentUpsampler.from_pretrained(upscaler_file(models)).eval()
+    latents = torch.randn(1, 16, 3, 4, 5, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        expected, ours = theirs(latents), models.upscaler(latents)
+    assert ours.shape == (1, 16, 3, 8, 10) and expected.abs().mean() > 0.1
+    assert torch.allclose(expected, ours, atol=1e-5), (expected - ours).abs().max()
+    checks = {c.name: c for c in models.video_checks}
+    assert checks["LTX upscaler keys"].ok and "none missing" in checks["LTX upscaler keys"].value
+
+
+def test_an_upscaler_that_does_not_fit_is_refused_with_what_differs(models, tmp_path):
+    from foresight.upscaler import UpscalerError, load_upscaler
+
+    tensors = load_file(upscaler_file(models))
+    with safe_open(upscaler_file(models), framework="pt") as f:
+        metadata = dict(f.metadata())
+    path = tmp_path / "other.safetensors"
+    save_file({k: v for k, v in tensors.items() if not k.startswith("final_conv")}, str(path), metadata=metadata)
+    with pytest.raises(UpscalerError, match="keys missing: final_conv"):
+        load_upscaler(str(path), 16, torch.float32, "cpu")
+    with pytest.raises(UpscalerError, match="takes 16 latent channels, the VAE makes 128"):
+        load_upscaler(upscaler_file(models), 128, torch.float32, "cpu")
+
+
+class RecordedPass:
+    """The authors' `LTXVideoPipeline` as their two-pass pipeline calls it, recorded, not sampled:
+    each call's arguments, and what it returns (random latents, or random frames)."""
+
+    vae_scale_factor = 32
+
+    def __init__(self, vae):
+        self.vae, self.calls, self.made = vae, [], []
+
+    def __call__(self, **kwargs):
+        generator = torch.Generator().manual_seed(len(self.calls))
+        height, width = kwargs["height"], kwargs["width"]
+        made = torch.randn(1, 16, 4, height // 32, width // 32, generator=generator) * 0.7 + 0.2 \
+            if kwargs["output_type"] == "latent" else torch.rand(1, 3, 25, height, width, generator=generator)
+        self.calls.append(kwargs)
+        self.made.append(made)
+        from types import SimpleNamespace
+
+        return SimpleNamespace(images=made.clone())
+
+
+@pytest.mark.parametrize("width, height", [(288, 192), (512, 512), (736, 416)])
+def test_the_two_passes_sizes_the_second_pass_start_and_the_frames_are_the_authors(models, width, height):
+    """Their `LTXMultiScalePipeline.__call__`, its two video passes recorded: the size it asks of each
+    pass, the latents it hands the second (their `_upsample_latents` with their VAE's statistics,
+    then `adain_filter_latent`) and the frames it returns (resized with `F.interpolate`), against
+    ours on the same first-pass latents and second-pass frames."""
+    from ltx_video.models.autoencoders.latent_upsampler import LatentUpsampler
+    from ltx_video.pipelines.pipeline_ltx_video import LTXMultiScalePipeline
+
+    from foresight import passes
+
+    _, vae = authors_models(single_file(models))
+    recorded, sampling = RecordedPass(vae), VideoSampling()
+    theirs = LTXMultiScalePipeline(recorded, LatentUpsampler.from_pretrained(upscaler_file(models)).eval())
+    with torch.inference_mode():
+        result = theirs(downscale_factor=sampling.downscale_factor, first_pass={"timesteps": list(sampling.timesteps)},
+                        second_pass={"timesteps": list(sampling.second_pass_timesteps)}, width=width, height=height,
+                        output_type="pt")
+        ours = passes.upsample(models.video_pipeline, models.upscaler, recorded.made[0])
+    first, second = recorded.calls
+    assert [(c["width"], c["height"]) for c in recorded.calls] == list(passes.pass_sizes(width, height,
+                                                                                        sampling.downscale_factor))
+    assert second["timesteps"] == list(sampling.second_pass_timesteps) and first["output_type"] == "latent"
+    assert torch.allclose(second["latents"], ours, atol=1e-4), (second["latents"] - ours).abs().max()
+    assert torch.allclose(ours.mean(dim=(2, 3, 4)), recorded.made[0].mean(dim=(2, 3, 4)), atol=1e-4), \
+        "filtered toward the first pass's statistics"
+    frames = passes.resized(recorded.made[1][0].permute(1, 0, 2, 3), (width, height)).permute(1, 0, 2, 3)[None]
+    assert result.images.shape == frames.shape and torch.allclose(result.images, frames, atol=1e-6)
+
+
+def test_a_pass_condition_is_resized_as_the_authors_resize_its_media(photo):
+    from ltx_video.pipelines.pipeline_ltx_video import LTXVideoPipeline
+
+    from foresight import passes
+
+    view = video_view(photo, PRESETS["fast"])
+    media = torch.from_numpy(np.array(view)).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
+    expected = LTXVideoPipeline.resize_tensor(media, 96, 160)[0, :, 0]
+    ours = torch.from_numpy(np.array(passes.condition_at((view,), (160, 96))[0])).permute(2, 0, 1).float() / 127.5 - 1
+    assert (ours - expected).abs().max() <= 1 / 127.5, "within half a level of 8 bits"
+    assert passes.condition_at((view,), view.size)[0] is view

@@ -122,12 +122,12 @@ def test_a_story_through_the_pages_handlers_retry_and_the_limit(models, pipe, tm
     stale page's And then? is refused in words and the story stays."""
     page, visitor, added = handlers(pipe), Visitor(), PRESETS["fast"].num_frames - PRESETS["fast"].condition_frames
     ui = page.ui
-    record = last(page.generate(EXAMPLE, "", "fast", "auto", 0, True, StopFlag(), visitor))[ui.record]
+    record = last(page.generate(EXAMPLE, "", "fast", False, "auto", 0, True, StopFlag(), visitor))[ui.record]
     history = page.on_run_end(record, [], visitor)[ui.history]
     first = iio.imread(record.video, plugin="FFMPEG")
     handle = inject_video_failure(models)
     try:
-        shown = last(page.and_then("", "auto", 2, False, history[0], StopFlag(), visitor))
+        shown = last(page.and_then("", False, "auto", 2, False, history[0], StopFlag(), visitor))
     finally:
         handle.remove()
     failed, status = shown[ui.record], shown[ui.status]
@@ -143,14 +143,14 @@ def test_a_story_through_the_pages_handlers_retry_and_the_limit(models, pipe, tm
     assert len(history) == 1 and history[0].video == record.video, "the story is one entry"
 
     for segment in range(3, MAX_SEGMENTS + 1):
-        shown = last(page.and_then("", "auto", segment, False, history[0], StopFlag(), visitor))
+        shown = last(page.and_then("", False, "auto", segment, False, history[0], StopFlag(), visitor))
         record = shown[ui.record]
         history = page.on_run_end(record, history, visitor)[ui.history]
         assert f"segment {segment} of at most {MAX_SEGMENTS}" in shown[ui.status] and len(history) == 1
     assert not page.session(visitor.session_hash).can_go_on(record)
     story = record.video
     assert iio.imread(story, plugin="FFMPEG").shape[0] == FAST_FRAMES + (MAX_SEGMENTS - 1) * added
-    shown = last(page.and_then("", "auto", 9, False, record, StopFlag(), visitor))
+    shown = last(page.and_then("", False, "auto", 9, False, record, StopFlag(), visitor))
     assert f"reached its {MAX_SEGMENTS} segments" in shown[ui.status] and shown[ui.video] == story
     assert shown[ui.record] is record
 
@@ -168,7 +168,7 @@ def test_the_page_keeps_what_it_shows_stop_after_the_video_and_retry_only_for_th
     writes a file of its own, so a stopped one deletes nothing another entry shows."""
     page, visitor = handlers(pipe), Visitor("keeper")
     ui, stop = page.ui, StopFlag()
-    for shown in page.generate(EXAMPLE, "", "fast", "auto", 0, True, stop, visitor):
+    for shown in page.generate(EXAMPLE, "", "fast", False, "auto", 0, True, stop, visitor):
         if shown[ui.video] and not stop.is_set():
             page.on_stop(stop)  # the moment the mp4 appears
     kept = shown[ui.record]
@@ -180,7 +180,7 @@ def test_the_page_keeps_what_it_shows_stop_after_the_video_and_retry_only_for_th
 
     handle = inject_video_failure(models)
     try:
-        failed = last(page.generate(EXAMPLE, "", "fast", "auto", 1, False, StopFlag(), visitor))[ui.record]
+        failed = last(page.generate(EXAMPLE, "", "fast", False, "auto", 1, False, StopFlag(), visitor))[ui.record]
     finally:
         handle.remove()
     ended = page.on_run_end(failed, history, visitor)

@@ -48,14 +48,14 @@ def test_runs_cross_into_the_forked_worker_stop_ends_one_within_a_step_and_the_n
     page = handlers(pipe)  # on ZeroGPU: its run goes through spaces.GPU
     ui = page.ui
     try:
-        shown = last(page.generate(EXAMPLE, "", "fast", "auto", 0, True, StopFlag(), Visitor()))
+        shown = last(page.generate(EXAMPLE, "", "fast", False, "auto", 0, True, StopFlag(), Visitor()))
         first = shown[ui.record]
         assert first.video and iio.imread(first.video, plugin="FFMPEG").shape[0] == FAST_FRAMES, shown[ui.status]
         assert worker.value not in (0, os.getpid()), "the run happened in the forked worker"
         first_worker = worker.value
 
         held.value, stop = 1, StopFlag()
-        for shown in page.generate(EXAMPLE, "", "fast", "auto", 0, True, stop, Visitor()):
+        for shown in page.generate(EXAMPLE, "", "fast", False, "auto", 0, True, stop, Visitor()):
             if shown[ui.preview] and not stop.is_set():
                 page.on_stop(stop)  # the Stop button, in this process
                 gate.set()
@@ -65,7 +65,7 @@ def test_runs_cross_into_the_forked_worker_stop_ends_one_within_a_step_and_the_n
         assert not Path(stopped.folder).exists(), "a run stopped before its video leaves no files"
 
         held.value = 0
-        third = last(page.generate(EXAMPLE, "", "fast", "auto", 0, True, StopFlag(), Visitor()))[ui.record]
+        third = last(page.generate(EXAMPLE, "", "fast", False, "auto", 0, True, StopFlag(), Visitor()))[ui.record]
         assert third.video and worker.value == first_worker, "the next run, in the same worker, makes its video"
         assert zero_gpu and all(lease.total_seconds() == ZERO_GPU_DURATION_S for lease in zero_gpu), \
             "each run asks for the lease its deadline is fitted into"
@@ -93,7 +93,7 @@ def test_a_page_closed_mid_run_stops_the_forked_call_at_its_next_step(models, pi
     hook = models.video_pipeline.transformer.register_forward_pre_hook(fail_then_hold)
     page = handlers(pipe)
     try:
-        failed = last(page.generate(EXAMPLE, "", "fast", "auto", 0, True, StopFlag(), Visitor()))[page.ui.record]
+        failed = last(page.generate(EXAMPLE, "", "fast", False, "auto", 0, True, StopFlag(), Visitor()))[page.ui.record]
         assert failed.video_error and not failed.video
         failing.value, held.value, stop = 0, 1, StopFlag()
 
