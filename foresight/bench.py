@@ -29,6 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from foresight.config import PRESETS, check
+from foresight.inputs import fit_size
 from foresight.pipeline import ForesightPipeline
 from foresight.trace import write_trace
 
@@ -209,32 +210,59 @@ def profile_first_token(models, image, path: Path) -> Path:
 
 
 def bench(pipe, presets: list[str], runs: int, modes: list[str | None], image=EXAMPLE,
-          trace_dir: str | Path | None = None, label: str = "", and_then: bool = True) -> dict:
+          trace_dir: str | Path | None = None, label: str = "", and_then: bool = True,
+          passes: tuple[int, ...] = (1,)) -> dict:
     """{"preset/mode": summary} for one pipeline; one uncounted run per preset and mode first; with
-    `and_then`, a "preset/mode · and then" row too: the next segment of the story the row made."""
+    `and_then`, a "preset/mode · and then" row too: the next segment of the story the row made;
+    `passes` (1, 2): a "preset/mode · two passes" row for LTX's authors' two passes."""
     results: dict[str, dict] = {}
     alone: dict[str, list[float]] = {}  # text alone does not depend on the mode: measured once per preset
     with tempfile.TemporaryDirectory() as scratch:
-        for preset, mode in itertools.product(presets, modes):
-            for _ in pipe(image, preset=preset, mode=mode, seed=0, out_dir=scratch):  # warm-up, not counted
-                pass
+        for preset, mode, count in itertools.product(presets, modes, passes):
+            def run(seed, preset=preset, mode=mode, count=count):
+                return pipe(image, preset=preset, mode=mode, seed=seed, out_dir=scratch, passes=count)
+
+            list(run(0))  # warm-up, not counted
             samples, events = [], []
             for seed in range(runs):
-                events, metrics = measured(lambda: pipe(image, preset=preset, mode=mode, seed=seed, out_dir=scratch))
+                events, metrics = measured(lambda: run(seed))
                 samples.append(metrics)
             alone.setdefault(preset, [text_alone(pipe, image, preset) for _ in range(runs)])
             steps_alone = [video_alone(pipe, image, preset, mode, scratch) for _ in range(runs)]
             for sample, speed, step in zip(samples, alone[preset], steps_alone):
                 sample.update(tok_s_alone=speed, step_s_alone=step)
-            mode_ran = events[-1]["mode"]
-            results[f"{preset}/{mode_ran}"] = summarize(samples)
-            if and_then:
-                results[f"{preset}/{mode_ran} · and then"] = summarize(
+            row = f"{events[-1]['preset']}/{events[-1]['mode']}" + (" · two passes" if count == 2 else "")
+            results[row] = summarize(samples)
+            if and_then and count == 1:
+                results[f"{row} · and then"] = summarize(
                     continued(pipe, events[-1]["video_url"], preset, mode, runs, Path(scratch)))
             if trace_dir:
-                name = re.sub(r"[^A-Za-z0-9.]+", "-", f"{preset}-{mode_ran}-{label}").strip("-")
-                write_trace(trace_dir, name, events[-1], f"{preset} · {mode_ran} · {label} · {machine()}")
+                name = re.sub(r"[^A-Za-z0-9.]+", "-", f"{row}-{label}").strip("-")
+                write_trace(trace_dir, name, events[-1], f"{row} · {label} · {machine()}")
     return results
+
+
+def pass_costs(presets: list[str], sampling, aspect: tuple[int, int] = (1, 1)) -> str:
+    """What a step works on in one pass and in two, per preset (tokens: 32x spatial, 8x temporal
+    compression, 1x1x1 patches), and two passes' cost in one pass's steps: by tokens alone, and with
+    attention (n² per step) counted instead. Arithmetic, not a measurement: what a GPU makes of it
+    is `scripts/device_bench.sh`'s to say."""
+    from foresight import passes
+
+    lines = ["| preset | one pass | two passes: first, second | steps | step-equivalents (tokens) | "
+             "(attention, n²) |", "|---|---|---|---|---|---|"]
+    for name in presets:
+        preset = PRESETS[name]
+        size = fit_size(*aspect, preset)
+        one = passes.tokens(*size, preset.num_frames)
+        first, second = (passes.tokens(*s, preset.num_frames) for s in passes.pass_sizes(*size,
+                                                                                          sampling.downscale_factor))
+        steps = sampling.pass_steps(2)
+        by_tokens = (steps[0] * first + steps[1] * second) / (steps[0] * one)
+        by_attention = (steps[0] * first ** 2 + steps[1] * second ** 2) / (steps[0] * one ** 2)
+        lines.append(f"| {name} {size[0]}×{size[1]} | {one} × {steps[0]} | {first} × {steps[0]}, {second} × "
+                     f"{steps[1]} | {sum(steps)} | {by_tokens:.2f} | {by_attention:.2f} |")
+    return "\n".join(lines)
 
 
 def measured(run) -> tuple[list[dict], dict]:
@@ -290,7 +318,7 @@ def parse_variant(text: str, settings):
 
 def bench_variants(models, presets: list[str], runs: int, settings_list, modes: list[str | None],
                    image=EXAMPLE, log=lambda message: None, on_variant=lambda results: None,
-                   trace_dir=None, and_then: bool = True) -> dict:
+                   trace_dir=None, and_then: bool = True, passes: tuple[int, ...] = (1,)) -> dict:
     """{label: {"preset/mode": summary}}: every variant on the same loaded models.
 
     Each variant gets its own pipeline (its own worker threads and streams) and its warm-up, which
@@ -305,7 +333,7 @@ def bench_variants(models, presets: list[str], runs: int, settings_list, modes: 
         if pipe.models.settings.decode != settings.decode:
             label = label.replace(settings.decode, pipe.models.settings.decode, 1)
         log(f"[bench] {label}: warmed up in {time.perf_counter() - start:.1f}s")
-        results[label] = bench(pipe, presets, runs, modes, image, trace_dir, label, and_then)
+        results[label] = bench(pipe, presets, runs, modes, image, trace_dir, label, and_then, passes)
         on_variant(results)
     return results
 
@@ -436,12 +464,16 @@ def bench_command(models, args, log) -> int:
             Path(args.json).write_text(json.dumps({"date": started, "profile": settings.profile, "machine": machine(),
                                                    "runs": args.runs, "title": title, "results": results}, indent=2))
 
+    counts = tuple(int(count) for count in args.passes.split(",")) if args.passes else (1,)
     results = bench_variants(models, presets, args.runs, settings_list, modes, log=log, on_variant=save,
-                             trace_dir=args.trace, and_then=not args.no_and_then)
+                             trace_dir=args.trace, and_then=not args.no_and_then, passes=counts)
     if args.profile_first_token:
         written = profile_first_token(replace(models, settings=replace(settings, decode="dynamic")), EXAMPLE,
                                       Path(args.profile_first_token))
         log(f"[bench] where the time to the first token goes: {written}")
     print(title)
     print(format_table(results))
+    if 2 in counts:
+        print("\nWhat a step works on, in one pass and in LTX's two (square clips; arithmetic, not timed):")
+        print(pass_costs(presets, settings.sampling))
     return 0

@@ -4,9 +4,11 @@ Runs one shipped example at the `fast` preset through the pipeline, as the app d
 what must hold with the real weights: a prediction line, a first frame close to the input (the
 video is conditioned on it), frames that move without turning into noise, a last preview close to
 the final frame, the mp4; then "And then?": the next segment of that clip, joined to it without re-encoding, and
-flowing on from it. First it reports what was checked as the LTX single file loaded (its
-type as diffusers reads it, every key used and none missing, its own config against the configs
-it is loaded with, the VAE's padding). With random weights (the `tiny` and `random-full` profiles) the checks
+flowing on from it; then the example in LTX's two passes (how many passes can run, the frames at
+the preset's size, previews of both). First it reports what was checked as the LTX single file
+and the upscaler loaded (the file's type as diffusers reads it, every key used and none missing,
+its own config against the configs it is loaded with, the VAE's padding; the upscaler's keys and
+config). With random weights (the `tiny` and `random-full` profiles) the checks
 that depend on what the models learned are reported as not meaningful instead of failing.
 Exit code 0 when every meaningful check passes, else 1.
 """
@@ -41,6 +43,9 @@ MAX_NOISE_GROWTH = 3.0  # the last frame's fine detail (Laplacian energy) agains
 # pass through the mp4 (CRF 20); a seam the conditioning did not carry over would fall far below.
 # A first guess, like the thresholds above it was set without the real weights' numbers.
 MIN_SEAM_PSNR = 18.0
+# Two passes: the second pass's point is texture, so its last frame should hold at least the fine
+# detail of one pass's (both resized to the same size). Also a first guess.
+MIN_SHARPER = 1.0
 
 
 @dataclass
@@ -82,6 +87,7 @@ def run_checks(models, image=EXAMPLE, log: Callable[[str], None] = print) -> lis
         last_preview = np.asarray(decode_frame(previews[-1])) if previews else None
         going_on = story_checks(pipe, end["video_url"], mp4_frames, Path(scratch), random_weights) \
             if mp4_frames is not None else []
+        sharper = two_pass_checks(pipe, image, frames, Path(scratch), random_weights)
     errors = [ev["message"] for ev in events if ev["type"] == "error"]
     condition = np.asarray(video_view(load_image(image), PRESETS["fast"]))
 
@@ -119,7 +125,7 @@ def run_checks(models, image=EXAMPLE, log: Callable[[str], None] = print) -> lis
     for label, key in (("first text", "ttft"), ("first preview", "first_frame"), ("mp4 ready", "video_ready")):
         value = end.get(key)
         results.append(Check(f"time to {label}", "–" if value is None else f"{value:.2f} s", "info"))
-    results += going_on
+    results += going_on + sharper
     if cuda:
         results.append(Check("peak GPU memory", f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", "info"))
     return results
@@ -145,6 +151,38 @@ def story_checks(pipe, video: str, before: np.ndarray, scratch: Path, random_wei
         Check("…flowing on from its last frame", f"PSNR {seam:.1f} dB across the join",
               NOT_MEANINGFUL if random_weights else "pass" if seam >= MIN_SEAM_PSNR else "fail", True),
         Check("time to the next segment's first preview", f"{end['first_frame']:.2f} s", "info"),
+    ]
+
+
+def two_pass_checks(pipe, image, one_pass: list[np.ndarray], scratch: Path, random_weights: bool) -> list[Check]:
+    """The example again in LTX's authors' two passes (`passes.py`), when the upscaler is loaded: the
+    frames at the preset's size, previews of both passes, and (with trained weights) more fine
+    detail than in one pass."""
+    from foresight import passes
+
+    models = pipe.models
+    if 2 not in models.passes:
+        return [Check("passes", "one: no latent upscaler is loaded", "info")]
+    events = list(pipe(image, preset="fast", seed=0, out_dir=scratch / "two-passes", frame_events=True, passes=2))
+    start, end = events[0], events[-1]
+    frames = [np.asarray(decode_frame(ev)) for ev in events if ev["type"] == "video_frame" and ev["kind"] == "frame"]
+    previews = [(ev["pass"], ev["step"]) for ev in events if ev["type"] == "video_frame" and ev["kind"] == "preview"]
+    size = (start["width"], start["height"])
+    first, second = passes.pass_sizes(*size, models.settings.sampling.downscale_factor)
+    wanted = [(number, step) for number, steps in enumerate(models.settings.sampling.pass_steps(2), start=1)
+              for step in preview_steps(steps, models.settings.preview_every)]
+    sharper = detail(frames[-1]) / max(detail(one_pass[-1]), 1e-6) if frames and one_pass else 0.0
+    return [
+        Check("passes", f"one, or two: {first[0]}×{first[1]}, then {second[0]}×{second[1]}, frames at "
+                        f"{size[0]}×{size[1]}", "info"),
+        Check("two passes: frames at the preset's size", f"{len(frames)} frames" + (
+            f" {frames[0].shape[1]}×{frames[0].shape[0]}" if frames else ""),
+              "pass" if len(frames) == start["num_frames"] and frames[0].shape[:2] == (size[1], size[0]) else "fail"),
+        Check("two passes: previews of both", f"{previews}", "pass" if previews == wanted else "fail"),
+        Check("…sharper than one pass", f"fine detail ×{sharper:.2f} of one pass's last frame",
+              NOT_MEANINGFUL if random_weights else "pass" if sharper >= MIN_SHARPER else "fail", True),
+        Check("two passes: time to first preview, mp4", f"{end['first_frame']:.2f} s, {end['video_ready']:.2f} s"
+              if end.get("video_ready") else "no video", "info"),
     ]
 
 

@@ -10,13 +10,15 @@
 #     --platform manylinux2010_x86_64 -d .whl diffusers==0.42.1 transformers==5.24.0 imageio-ffmpeg==0.5.1 \
 #     av==18.1.0 importlib_metadata regex
 # Try it here first:   PROFILE=tiny OUT=/tmp/device-out RUNS=1 WHEELS=0 bash scripts/device_bench.sh
-# There, in two calls that fit the per-call limit (the first: the video graphs against eager, default
-# and high, both modes; LTX's operation and sync counts on CUDA):
-#   run(command="STEPS='graphs ltxsyncs' bash scripts/device_bench.sh", carry=[".whl"], timeout_s=570)
+# There, in two calls that fit the per-call limit (the first: LTX's two passes against one at every
+# preset, the video graphs against eager, default and high, both modes; LTX's operation and sync counts):
+#   run(command="STEPS='passes graphs ltxsyncs' bash scripts/device_bench.sh", carry=[".whl"], timeout_s=570)
 #   run(command="STEPS='matrix tests' bash scripts/device_bench.sh", carry=[".whl"], timeout_s=570)
 # (On 2026-11-27 five matrix variants alone took 446 s: keep the matrix short.)
 #
 # Steps (each writes as it goes, so a run cut short keeps what it measured):
+#   passes:  every preset, fused mode, in one pass and in the authors' two (the timeline of each, the
+#            peak memory, and what a step works on: `bench --passes 1,2`)
 #   graphs:  default and high, fused and text mode, eager against the video graphs (GRAPHS: the
 #            variants; a denoising step beside the text and alone is in the table)
 #   ltxsyncs: LTX-2B's structure at narrow width: aten operations and host reads per step and per
@@ -30,15 +32,15 @@
 #            pipeline's (scripts/qwen_syncs.py, seconds)
 #   presets: fast and high, both modes, in VARIANT (the defaults, unless set)
 #   tests:   the suite without the browser tests, on CUDA, in the tiny profile
-# Output (at most 8 files come back per call): summary.md, graphs.json, matrix.json, presets.json,
-# profile.txt, traces.tar.gz and each step's log.
+# Output (at most 8 files come back per call): summary.md, passes.json, graphs.json, matrix.json,
+# presets.json, profile.txt, traces.tar.gz and each step's log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-random-full}
 OUT=${OUT:-device-out}
 RUNS=${RUNS:-3}
 TOKENS=${TOKENS:-128}  # enough to span the video and then some
-STEPS=${STEPS:-graphs ltxsyncs matrix syncs presets tests}
+STEPS=${STEPS:-passes graphs ltxsyncs matrix syncs presets tests}
 MATRIX=${MATRIX:-static:streams:45:2 static:streams:45:2:early static:streams:45:2:compiled}
 GRAPHS=${GRAPHS:-static:streams:45:2 static:streams:45:2:graphs static:streams:45:1:graphs}
 VARIANT=${VARIANT:-}
@@ -62,6 +64,8 @@ step() {  # name, command...: run one step if STEPS names it; keep going if it f
   "$@" >> "$OUT/summary.md" 2> "$OUT/$name.log" || echo "$name failed (exit $?), see $name.log" | tee -a "$OUT/summary.md" >&2
   echo "($name took $((SECONDS - start)) s)" >> "$OUT/summary.md"
 }
+step passes python3 -m foresight bench --profile "$PROFILE" --preset fast --preset default --preset high --mode fused \
+  --passes 1,2 --no-and-then --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/passes.json" --trace "$OUT/traces"
 graph_variants=(); for v in $GRAPHS; do graph_variants+=(--variant "$v"); done
 step graphs python3 -m foresight bench --profile "$PROFILE" --preset default --preset high --mode fused,text \
   "${graph_variants[@]}" --runs "$RUNS" --max-new-tokens "$TOKENS" --json "$OUT/graphs.json" --trace "$OUT/traces"

@@ -114,12 +114,14 @@ def test_check_runs_every_step_and_says_what_random_weights_cannot_show(tmp_path
     code, out, err = in_process(capsys, "check", "--profile", "tiny", "--json", str(tmp_path / "check.json"))
     assert code == 0, out + err
     report = {row["name"]: row for row in json.loads((tmp_path / "check.json").read_text())}
-    for name in ("LTX file type", "LTX file keys", "LTX file config", "LTX VAE padding", "a run without errors",
-                 "text streams", "mp4 decodes to the preset's frames", "previews at the cadence's steps",
-                 "And then?: the clip, then the new frames"):
+    for name in ("LTX file type", "LTX file keys", "LTX file config", "LTX VAE padding", "LTX upscaler keys",
+                 "LTX upscaler config", "a run without errors", "text streams", "mp4 decodes to the preset's frames",
+                 "previews at the cadence's steps", "And then?: the clip, then the new frames",
+                 "two passes: frames at the preset's size", "two passes: previews of both"):
         assert report[name]["status"] == "pass", report[name]
     for name in ("a prediction line ('Next: …')", "first frame close to the input", "frames change over time",
-                 "last preview close to the final frame", "…flowing on from its last frame"):
+                 "last preview close to the final frame", "…flowing on from its last frame", "…sharper than one pass"):
         assert report[name]["status"] == "not meaningful with random weights", report[name]
+    assert report["passes"]["value"].startswith("one, or two: 160×96, then 320×192")
     assert "PSNR" in report["first frame close to the input"]["value"]
     assert "not meaningful with random weights" in out and out.strip().splitlines()[-1].startswith("PASS")
