@@ -418,6 +418,7 @@ def test_a_second_user_is_told_how_many_runs_are_ahead(server):
         first.click("#preset label:has-text('High')")
         first.click("#generate")
         wait_status(first, "Rendering step")
+        second.click("#preset label:has-text('Fast')")
         second.click("#generate")
         second.wait_for_function("document.querySelector('#queue').innerText.includes('Waiting: 1 run ahead')",
                                  timeout=15_000)

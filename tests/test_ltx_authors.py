@@ -289,12 +289,13 @@ def test_the_two_passes_sizes_the_second_pass_start_and_the_frames_are_the_autho
     with torch.inference_mode():
         result = theirs(downscale_factor=sampling.downscale_factor, first_pass={"timesteps": list(sampling.timesteps)},
                         second_pass={"timesteps": list(sampling.second_pass_timesteps)}, width=width, height=height,
-                        output_type="pt")
+                        output_type="pt", generator=torch.Generator().manual_seed(0))
         ours = passes.upsample(models.video_pipeline, models.upscaler, recorded.made[0])
     first, second = recorded.calls
     assert [(c["width"], c["height"]) for c in recorded.calls] == list(passes.pass_sizes(width, height,
                                                                                         sampling.downscale_factor))
     assert second["timesteps"] == list(sampling.second_pass_timesteps) and first["output_type"] == "latent"
+    assert second["generator"] is first["generator"], "one generator drawn on by both passes (tests/test_passes.py)"
     assert torch.allclose(second["latents"], ours, atol=1e-4), (second["latents"] - ours).abs().max()
     assert torch.allclose(ours.mean(dim=(2, 3, 4)), recorded.made[0].mean(dim=(2, 3, 4)), atol=1e-4), \
         "filtered toward the first pass's statistics"

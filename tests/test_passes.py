@@ -69,7 +69,7 @@ def test_the_last_preview_of_the_second_pass_matches_the_final_frame(models, pho
 
 def test_the_second_pass_starts_from_the_upscaled_first_noised_to_its_first_timestep(models, pipe, photo, tmp_path,
                                                                                       monkeypatch):
-    pipeline, upsampled, prepared = models.video_pipeline, [], []
+    pipeline, upsampled, prepared, generators = models.video_pipeline, [], [], []
     upsample = passes.upsample
     monkeypatch.setattr(passes, "upsample", lambda *args: upsampled.append(upsample(*args)) or upsampled[-1])
     prepare = pipeline.prepare_latents
@@ -79,6 +79,7 @@ def test_the_second_pass_starts_from_the_upscaled_first_noised_to_its_first_time
         given = kwargs.get("latents")
         latents = made[0] if given is None else pipeline._unpack_latents(made[0], *given.shape[2:], 1, 1)
         prepared.append((given, kwargs.get("sigma"), latents))
+        generators.append(kwargs["generator"])
         return made
 
     monkeypatch.setattr(pipeline, "prepare_latents", recording)
@@ -87,6 +88,8 @@ def test_the_second_pass_starts_from_the_upscaled_first_noised_to_its_first_time
     assert none is None and no_sigma is None, "the first pass begins from noise"
     assert given is not None and torch.equal(given, upsampled[0]), "the second from the upscaled first"
     assert torch.allclose(sigma, torch.tensor([SAMPLING.second_pass_timesteps[0] / 1000]))
+    assert generators[1] is generators[0], "the second pass draws on from the first's generator, as the authors'"
+
     noise = (noised - (1 - sigma) * given) / sigma  # what it was noised with, on the frames no condition holds
     later = noise[:, :, 1:]
     assert abs(float(later.mean())) < 0.1 and 0.9 < float(later.std()) < 1.1
