@@ -180,7 +180,6 @@ def build_demo(page: Page, about: str = "") -> gr.Blocks:
         started = generate.click(page.on_generate, outputs=[reasoning, preview, video, shown, status, control, record,
                                                             *locking], queue=False, **private)
         generate.click(None, js=SHOW_OUTPUT_ON_PHONES, **private)
-        started.then(None, js=SHOW_OUTPUT_ON_PHONES, **private)  # again once the output's reset has reflowed the page
         started.then(page.generate, inputs=[image, question, preset, sharper, mode, seed, randomize, control],
                      outputs=list(page.run_outputs), validator=page.admit_generate, **gpu_queue, **private
                      ).then(**ended)
