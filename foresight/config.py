@@ -155,8 +155,9 @@ class Settings:
     text_pace: float = 0.0
     # Previews: decode the denoising estimate every `preview_every` steps and at the last (0: no
     # previews), as its first and last latent frames ("ends", cheap) or the whole clip ("whole",
-    # exact). Every 2nd step on CUDA.
-    preview_every: int = 1
+    # exact). Every 2nd step: on a GPU an eager preview decode costs about a denoising step
+    # (docs/BENCHMARKS.md), on a CPU more.
+    preview_every: int = 2
     preview_decode: str = "ends"
     compile_video: bool = False  # torch.compile LTX's transformer blocks (the warm-up pays it); not yet measured alone
     # The transformer's forward and the preview decode on static buffers, captured as one CUDA graph
@@ -200,7 +201,6 @@ def run_timeout(settings: Settings, preset: Preset) -> float:
 
 
 CUDA_TEXT_PACE = 45.0  # tokens/s while the video renders, on a GPU (Settings.text_pace)
-CUDA_PREVIEW_EVERY = 2  # on a GPU an eager preview decode costs about a denoising step (docs/BENCHMARKS.md)
 DECODES = ("dynamic", "static")
 SCHEDULES = ("shared", "streams")  # foresight/scheduling.py
 PREVIEW_DECODES = ("ends", "whole")
@@ -259,7 +259,6 @@ def settings_from_env(**overrides) -> Settings:
         decode=default_decode(on_cuda),
         schedule="streams" if on_cuda else "shared",
         text_pace=CUDA_TEXT_PACE if on_cuda else 0.0,
-        preview_every=CUDA_PREVIEW_EVERY if on_cuda else 1,
         run_timeout_s=float(env("FORESIGHT_RUN_TIMEOUT")) if env("FORESIGHT_RUN_TIMEOUT") else None,
     )
     return check(replace(settings, **overrides))

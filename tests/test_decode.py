@@ -75,7 +75,7 @@ def test_streams_exist_only_on_cuda():
 def test_how_the_gpu_is_shared_is_the_devices_and_benchs_not_the_environments(monkeypatch):
     """The variants are `bench` options and Settings fields (docs/BENCHMARKS.md), not an operator's
     settings: the environment no longer changes them."""
-    from foresight.config import CUDA_PREVIEW_EVERY, CUDA_TEXT_PACE
+    from foresight.config import CUDA_TEXT_PACE
 
     for name, value in (("FORESIGHT_DECODE", "static"), ("FORESIGHT_SCHEDULE", "later"), ("FORESIGHT_TEXT_PACE", "9"),
                         ("FORESIGHT_VIDEO_GRAPHS", "1")):
@@ -84,7 +84,7 @@ def test_how_the_gpu_is_shared_is_the_devices_and_benchs_not_the_environments(mo
     on_cuda = torch.cuda.is_available()
     assert settings.decode == ("static" if on_cuda else "dynamic") and settings.schedule == \
         ("streams" if on_cuda else "shared")
-    assert (settings.text_pace, settings.preview_every) == ((CUDA_TEXT_PACE, CUDA_PREVIEW_EVERY) if on_cuda else (0, 1))
+    assert settings.text_pace == (CUDA_TEXT_PACE if on_cuda else 0) and settings.preview_every == 2
     assert not settings.video_graphs and not settings.compile_video and not settings.vision_early
     with pytest.raises(ValueError, match="schedule 'later': use one of shared, streams"):
         make_settings("full", schedule="later")

@@ -41,7 +41,7 @@ def test_two_passes_run_as_the_authors_order_them_and_show_previews_of_both(mode
         "seven steps at two thirds of the size, then three of the second pass's own at twice that"
     previews = [ev for ev in events if ev["type"] == "video_frame" and ev["kind"] == "preview"]
     assert [(ev["pass"], ev["step"], ev["num_steps"]) for ev in previews] == \
-        [(1, step, 7) for step in range(7)] + [(2, step, 3) for step in range(3)]
+        [(1, step, 7) for step in (0, 2, 4, 6)] + [(2, step, 3) for step in (0, 2)], "every second step and the last"
     assert all(decode_frame(ev).size == size for ev in previews), "every preview at the clip's size"
     frames = frames_of(events)
     assert len(frames) == clip and frames[0].shape == (size[1], size[0], 3), "the frames at the size asked for"
