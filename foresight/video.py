@@ -233,8 +233,30 @@ def sampling_arguments(models, condition: Sequence[Image.Image], num_frames: int
         generator = torch.Generator(device=pipeline.device).manual_seed(generator)
     return dict(conditions=[frame], width=first.width, height=first.height, num_frames=num_frames, frame_rate=fps,
                 timesteps=timesteps, guidance_scale=sampling.guidance_scale,
-                image_cond_noise_scale=sampling.image_cond_noise_scale, decode_timestep=sampling.decode_timestep,
-                decode_noise_scale=sampling.decode_noise_scale, generator=generator, **conditioning)
+                image_cond_noise_scale=sampling.image_cond_noise_scale, generator=generator, output_type="latent",
+                **conditioning)
+
+
+@torch.inference_mode()
+def decode_video(pipeline, latents: torch.Tensor, generator: torch.Generator, decode_timestep: float,
+                 noise_scale: float) -> torch.Tensor:
+    """A pass's final latents ([1, C, F, h, w], normalized, as `output_type="latent"` returns them)
+    -> frames [F, 3, H, W] in [0, 1], decoded as LTX's authors decode them
+    (`ltx_video/pipelines/pipeline_ltx_video.py`, the end of `LTXVideoPipeline.__call__`, and
+    `ltx_video/models/autoencoders/vae_encode.py`, `vae_decode`): `noise_scale` of noise mixed into
+    the normalized latents, then un-normalized per channel and decoded at `decode_timestep`.
+    diffusers' LTXConditionPipeline mixes the noise in after un-normalizing (docs/PITFALLS.md). The
+    noise is drawn from the run's generator, where diffusers draws it (the authors draw from torch's
+    global one, which a server shared by many runs cannot seed per run)."""
+    vae = pipeline.vae
+    timestep = None
+    if vae.config.timestep_conditioning:
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        latents = latents * (1 - noise_scale) + noise * noise_scale
+        timestep = torch.full((latents.shape[0],), decode_timestep, device=latents.device, dtype=vae.dtype)
+    latents = pipeline._denormalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+    video = vae.decode(latents.to(vae.dtype), timestep, return_dict=False)[0]
+    return pipeline.video_processor.postprocess_video(video, output_type="pt")[0]
 
 
 @torch.inference_mode()
@@ -287,14 +309,14 @@ def render(models, condition: Sequence[Image.Image], num_frames: int, fps: int, 
                 arguments = sampling_arguments(models, passes_stage.condition_at(condition, pass_size), num_frames,
                                                fps, generator, prompt_embeds, prompt_attention_mask, timesteps,
                                                latents)
-                last = number == passes
-                output = pipeline(**arguments, output_type="pt" if last else "latent", callback_on_step_end=callback)
-                if not last:
+                latents = pipeline(**arguments, callback_on_step_end=callback).frames
+                if number < passes:
                     with trace.span("video", "upscale"):
-                        latents = passes_stage.upsample(pipeline, models.upscaler, output.frames)
+                        latents = passes_stage.upsample(pipeline, models.upscaler, latents)
+            frames = decode_video(pipeline, latents, generator, sampling.decode_timestep, sampling.decode_noise_scale)
         trace.add("video", "VAE decode", marks["decode"], trace.mark())
         with trace.span("video", "frames to CPU"):
-            frames = passes_stage.resized(output.frames[0], size)  # [F, 3, H, W]: from the second pass's size
+            frames = passes_stage.resized(frames, size)  # [F, 3, H, W]: from the second pass's size
             frames = to_uint8(frames).permute(0, 2, 3, 1).cpu()
     finally:
         estimate.remove()
@@ -364,7 +386,7 @@ def capture_graphs(models, graphs: VideoGraphs, sizes: list[tuple[int, int, int]
             arguments = sampling_arguments(models, [Image.new("RGB", (width, height))], frames, 16, 0, embeds, mask)
             try:
                 with graphed_forward(pipeline.transformer, graphs.transformer):
-                    pipeline(**{**arguments, "timesteps": arguments["timesteps"][:1]}, output_type="latent",
+                    pipeline(**{**arguments, "timesteps": arguments["timesteps"][:1]},
                              callback_on_step_end=on_step_end)
             finally:
                 estimate.remove()

@@ -326,7 +326,7 @@ def test_the_last_preview_matches_the_final_frame(models, photo, tmp_path, times
     last_preview = np.asarray(decode_frame(previews[-1]), dtype=np.int16)
     final, first = frames_of(events)[-1], frames_of(events)[0]
     assert np.abs(last_preview - final).mean() < 0.25 * np.abs(first - final).mean()
-    assert np.abs(last_preview - final).mean() < 4
+    assert np.abs(last_preview - final).mean() < 6  # the decode noise, scaled per channel as the authors scale it
 
 
 @pytest.mark.parametrize("whole", [False, True], ids=["ends", "whole"])

@@ -86,6 +86,30 @@ def test_the_authors_vae_and_diffusers_encode_and_decode_alike(models):
     assert (encoded_theirs - encoded_ours).abs().max() < 1e-3 * encoded_theirs.abs().max()
 
 
+def test_the_final_decode_mixes_its_noise_in_as_the_authors_do(models):
+    """Their pipeline mixes `decode_noise_scale` of noise into the normalized latents, then
+    un-normalizes and decodes (`vae_decode`); diffusers' LTXConditionPipeline mixes it in after
+    un-normalizing, which scales the noise by each channel's statistics. Ours, on the same noise."""
+    from ltx_video.models.autoencoders.vae_encode import vae_decode
+
+    pipeline, sampling = models.video_pipeline, VideoSampling()
+    _, vae = authors_models(single_file(models))
+    latents = torch.randn(1, 16, 3, 6, 8, generator=torch.Generator().manual_seed(4))
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(5))
+    scale, timestep = sampling.decode_noise_scale, torch.tensor([sampling.decode_timestep])
+    with torch.inference_mode():
+        ours = video_stage.decode_video(pipeline, latents, torch.Generator().manual_seed(5), sampling.decode_timestep,
+                                        scale)
+        theirs = vae_decode(latents * (1 - scale) + noise * scale, vae, is_video=True, vae_per_channel_normalize=True,
+                            timestep=timestep)
+        denormalized = pipeline._denormalize_latents(latents, pipeline.vae.latents_mean, pipeline.vae.latents_std)
+        diffusers_way = pipeline.vae.decode(denormalized * (1 - scale) + noise * scale, timestep, return_dict=False)[0]
+    theirs, diffusers_way = (((x[0] + 1) / 2).clamp(0, 1).permute(1, 0, 2, 3) for x in (theirs, diffusers_way))
+    assert ours.shape == theirs.shape == (17, 3, 192, 256)
+    assert (ours - theirs).abs().max() < 1e-4
+    assert (diffusers_way - theirs).abs().max() > 1e-2, "the order shows in the frames"
+
+
 def test_a_vae_padded_as_its_file_says_decodes_as_the_authors_vae_does(models, tmp_path):
     """diffusers' LTX VAE has no padding setting; the authors' loader pads as the file's config says."""
     path = tmp_path / "reflect.safetensors"

@@ -3,15 +3,19 @@ runs at, previews across both, the frames at the size asked for, and everything 
 (a story going on, the out-of-memory step-down). (Each stage against the authors' own code:
 tests/test_ltx_authors.py.)"""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 
 from foresight import passes
+from foresight import video as video_stage
 from foresight.config import PRESETS, VideoSampling
 from foresight.events import decode_frame
+from foresight.inputs import video_view
 
-from conftest import frames_of, inject_out_of_memory, run_events
+from conftest import frames_of, inject_out_of_memory, run_events, with_settings
 
 SAMPLING = VideoSampling()
 
@@ -48,6 +52,26 @@ def test_two_passes_run_as_the_authors_order_them_and_show_previews_of_both(mode
     names = [span["name"] for span in end["spans"]]
     assert names.index("step 6") < names.index("upscale") < names.index("pass 2 step 0")
     assert end["video_url"] and not [ev for ev in events if ev["type"] == "error"]
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_the_frames_are_the_last_passs_latents_decoded_once_as_the_authors_decode_them(models, photo, count,
+                                                                                      monkeypatch):
+    """One VAE decode, `video.decode_video`'s (the authors' order of noise and un-normalizing:
+    tests/test_ltx_authors.py), of the last pass's latents; none inside diffusers' pipeline."""
+    decoded, decoder = [], models.video_pipeline.vae.decoder
+    real = video_stage.decode_video
+    monkeypatch.setattr(video_stage, "decode_video", lambda *args: decoded.append(real(*args)) or decoded[-1])
+    hook = decoder.register_forward_pre_hook(lambda module, args: decoded.append("a decoder forward"))
+    condition = video_view(photo, PRESETS["fast"])
+    embeds, mask = video_stage.text_conditioning(models, "a square slides")
+    try:
+        frames = video_stage.render(with_settings(models, preview_every=0), [condition], 25, 24, 0, embeds, mask,
+                                    threading.Event(), passes=count)
+    finally:
+        hook.remove()
+    assert decoded[0] == "a decoder forward" and len(decoded) == 2, "no previews here: one decode, ours"
+    assert torch.equal(frames, video_stage.to_uint8(passes.resized(decoded[1], condition.size)).permute(0, 2, 3, 1))
 
 
 def test_the_last_preview_of_the_second_pass_matches_the_final_frame(models, photo, tmp_path):
