@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,6 +34,7 @@ log = logging.getLogger("foresight.app")  # one line per refused input, never a 
 # many places, waiting or running; API and MCP calls together no more than this share of its places.
 PLACES_PER_VISITOR = 2
 API_SHARE = 0.5
+API_PLACES = "the API"  # the owner of the API's share in `Places`
 
 
 def on_gpu(fn):
@@ -68,24 +71,67 @@ def queue_position(demo: gr.Blocks, session_hash: str) -> tuple[int, float | Non
     return None
 
 
-def gpu_runs(demo: gr.Blocks) -> list:
-    """Gradio's events on the GPU's queue: those waiting, and those running."""
+def gpu_runs(demo: gr.Blocks) -> tuple[list, list]:
+    """Gradio's events on the GPU's queue: (those waiting, those running)."""
     queue = demo._queue
     group = queue.event_queue_per_concurrency_id.get("gpu")
     running = [ev for job in queue.active_jobs if job for ev in job if ev.concurrency_id == "gpu"]
-    return [*(group.queue if group else ()), *running]
+    return list(group.queue if group else ()), running
 
 
-def refused_a_place(demo: gr.Blocks, session_hash: str, api: bool) -> str | None:
-    """Why a new run may not join the GPU's queue, in words; None if it may. No visitor (a page,
-    an API client) holds more than PLACES_PER_VISITOR places, waiting or running, and the API as a
-    whole (MCP calls included) no more than API_SHARE of the queue, so that pages are still served."""
-    runs = gpu_runs(demo)
-    if sum(ev.session_hash == session_hash for ev in runs) >= PLACES_PER_VISITOR:
+class Places:
+    """Places on the GPU's queue promised by validators to runs that have not begun. Gradio puts an
+    event on its queue only after its validator returns, and validators run side by side: two
+    submissions at once would both see the same count, and both be let in. An owner's count is its
+    runs running, and the larger of its runs waiting and the places promised to runs not yet begun
+    (each counted for `hold_s` at most: an event cancelled before it began is not told here)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, hold_s: float = 10.0):
+        self.clock, self.hold_s = clock, hold_s
+        self._lock, self._promised = threading.Lock(), {}  # owner -> when each place not yet begun was promised
+
+    def take(self, *claims: tuple[str, int, int, int]) -> int | None:
+        """One more place for each claim (owner, its runs running, its runs waiting, its limit), all or
+        none: None if taken, else the index of the first claim already at its limit."""
+        with self._lock:
+            now = self.clock()
+            self._promised = {owner: fresh for owner, times in self._promised.items()
+                              if (fresh := [t for t in times if now - t < self.hold_s])}
+            counts = [running + max(waiting, len(self._promised.get(owner, ())))
+                      for owner, running, waiting, _ in claims]
+            full = next((i for i, ((*_, limit), count) in enumerate(zip(claims, counts)) if count >= limit), None)
+            if full is None:
+                for owner, *_ in claims:
+                    self._promised.setdefault(owner, []).append(now)
+            return full
+
+    def began(self, *owners: str) -> None:
+        """A run of each owner has begun: its place now counts as running."""
+        with self._lock:
+            for owner in owners:
+                if self._promised.get(owner):
+                    self._promised[owner].pop(0)
+
+
+def refused_a_place(demo: gr.Blocks, session_hash: str, api: bool, places: Places) -> str | None:
+    """Why a new run may not join the GPU's queue, in words; None if it may (and its place is taken).
+    No visitor (a page, an API client) holds more than PLACES_PER_VISITOR places, waiting or running,
+    and the API as a whole (MCP calls included) no more than API_SHARE of the queue, so that pages
+    are still served."""
+    waiting, running = gpu_runs(demo)
+
+    def claim(owner: str, mine: Callable, limit: int) -> tuple[str, int, int, int]:
+        return owner, sum(map(mine, running)), sum(map(mine, waiting)), limit
+
+    claims = [claim(session_hash, lambda ev: ev.session_hash == session_hash, PLACES_PER_VISITOR)]
+    api_places = int(demo._queue.max_size * API_SHARE) if demo._queue.max_size else None
+    if api and api_places is not None:
+        claims.append(claim(API_PLACES, lambda ev: ev.fn.api_name == "predict", api_places))
+    full = places.take(*claims)
+    if full == 0:
         return (f"You already have {PLACES_PER_VISITOR} runs on their way; this GPU is shared, so a new one can "
                 "start once one of them has finished.")
-    api_places = int(demo._queue.max_size * API_SHARE) if demo._queue.max_size else None
-    if api and api_places is not None and sum(ev.fn.api_name == "predict" for ev in runs) >= api_places:
+    if full == 1:
         return (f"The API's share of this GPU's queue ({api_places} places) is taken; visitors of the page keep "
                 "the rest. Please try again in a minute.")
     return None
@@ -150,6 +196,7 @@ class Page:
         self.demo: gr.Blocks | None = None  # set by build_demo: the queue the waiting line reads
         self.ui: Components | None = None  # set by build_demo
         self.runs = store(is_live=self.is_live)
+        self.places = Places()  # the GPU queue's fair share, promised by `admit`
 
     def is_live(self, session: str) -> bool:
         """Whether Gradio still holds this session (it drops sessions past its capacity without a word);
@@ -216,6 +263,7 @@ class Page:
     def generate(self, image, question, preset, sharper, mode, seed, randomize, control, request: gr.Request):
         """One run for the page: text, preview then video in one place, status in words; `sharper`:
         LTX's second pass."""
+        self.places.began(request.session_hash)
         stop, seed = control or StopFlag(), random.randrange(2**31) if randomize else int(seed or 0)
         record = RunRecord(name=storage.video_name(image, seed), question=question or "", preset=preset, seed=seed,
                            passes=2 if sharper else 1)
@@ -233,6 +281,7 @@ class Page:
         segment from its last frames, and the video becomes the whole story. Stopped or refused,
         the page shows the story as it was, which is still kept; a segment whose video failed keeps
         its text, and Retry video renders it, as a first run's does."""
+        self.places.began(request.session_hash)
         stop, previous, seed = control or StopFlag(), record, random.randrange(2**31) if randomize else int(seed or 0)
         new = RunRecord(question=question or "", preset=None, seed=seed, passes=2 if sharper else 1)
         session, shown = self.session(request.session_hash), None
@@ -272,6 +321,7 @@ class Page:
         text, without a new reasoning stream; a story's segment from the same last frames of the
         story before it (kept in its folder). Each retry writes a file of its own
         (`<name>-retry<N>.mp4`), so a stopped or failed one deletes nothing another run shows."""
+        self.places.began(request.session_hash)
         ui, stop, again = self.ui, control or StopFlag(), record.again()
         if not record.can_retry:  # a stale button: only a failed video is retried
             yield {ui.preview: record.preview, ui.video: record.video, ui.record: record,
@@ -337,7 +387,8 @@ class Page:
             return {ui.image: None, ui.status: refusal(str(exc))}
         return {ui.image: image, ui.status: "  \n".join(["Ready."] + [f"ℹ️ {note}" for note in notes])}
 
-    def predict(self, image=None, prompt: str = "", preset: str | None = None, clip=None, sharper: bool = False):
+    def predict(self, image=None, prompt: str = "", preset: str | None = None, clip=None, sharper: bool = False,
+                request: gr.Request = None):
         """Look at one image, reason about it out loud, and render a short video of what happens next; or continue a clip.
 
         Args:
@@ -351,6 +402,8 @@ class Page:
             the clip's last preview frame (a JPEG)
             the clip (an mp4)
         """
+        if request is not None:  # called through the queue, after `admit_predict`
+            self.places.began(request.session_hash, API_PLACES)
         seed = random.randrange(2**31)
         record = RunRecord(name=storage.video_name(image, seed), question=prompt or "",
                            preset=preset or self.default_preset, seed=seed, passes=2 if sharper else 1)
@@ -384,7 +437,7 @@ class Page:
         """The GPU queue's fair share (`refused_a_place`), checked before a run takes a place (Gradio's
         `validator`, one verdict per input of the event): refused, the client is told in words on
         its first input, and nothing is queued."""
-        refused = refused_a_place(self.demo, request.session_hash, api)
+        refused = refused_a_place(self.demo, request.session_hash, api, self.places)
         if refused:
             log.info("refused a place on the GPU's queue: %s", refused)
         return [gr.validate(not refused, refused or ""), *(gr.validate(True, ""),) * (inputs - 1)]

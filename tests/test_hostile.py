@@ -200,6 +200,41 @@ def test_one_clients_flood_is_refused_in_words_and_a_page_visitor_is_still_serve
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_submissions_at_once_get_no_more_places_than_one_after_another(pipe):
+    """Gradio queues an event only after its validator returns, and validators run side by side:
+    submissions at once all see the same queue. A place promised counts until its run begins (each
+    handler says so), or, its event cancelled before it began, until the promise lapses; one after
+    another, a visitor is never refused."""
+    import app
+    from foresight.page import Places
+    from foresight.runtime import StopFlag
+
+    from test_story_page import Visitor, last
+
+    page, now = app.make_page(pipe, "fast"), [0.0]
+    app.build_demo(page)
+    page.places, ui = Places(clock=lambda: now[0]), page.ui  # time stands still: no promise lapses
+    visitor, gone = Visitor("visitor"), Visitor("gone")
+    at_once = [page.admit(visitor, 5, api=True)[0] for _ in range(PLACES_PER_VISITOR + 1)]  # none queued yet
+    assert [v["is_valid"] for v in at_once] == [True] * PLACES_PER_VISITOR + [False]
+    assert "runs on their way" in at_once[-1]["message"]
+    for _ in range(PLACES_PER_VISITOR):  # the promised runs begin, and end
+        assert last(page.predict(EXAMPLE, request=visitor))[ui.video]
+    history = []
+    for handler, inputs in [("generate", 8)] * 2 + [("and_then", 7)] * 2 + [("retry_video", 2)] * 2:
+        assert page.admit(visitor, inputs)[0]["is_valid"], f"one after another, before {handler}"
+        run = {"generate": lambda: page.generate(EXAMPLE, "", "fast", False, "auto", 0, False, StopFlag(), visitor),
+               "and_then": lambda: page.and_then("", False, "auto", 1, False, history[0], StopFlag(), visitor),
+               "retry_video": lambda: page.retry_video(history[0], StopFlag(), visitor)}[handler]
+        record = last(run())[ui.record]  # a retry of a run whose video did not fail is refused at once
+        history = page.on_run_end(record, history, visitor)[ui.history]
+    assert page.admit(visitor, 8)[0]["is_valid"]
+    assert all(page.admit(gone, 8)[0]["is_valid"] for _ in range(PLACES_PER_VISITOR))
+    assert not page.admit(gone, 8)[0]["is_valid"], "promised, not begun: still counted"
+    now[0] += page.places.hold_s  # cancelled while on their way: the promises lapse
+    assert page.admit(gone, 8)[0]["is_valid"]
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
 def test_every_image_format_an_upload_may_be_reads_its_own_file_and_nothing_else(tmp_path, fmt):
     """Each format the upload check opens (inputs.FORMATS) is read from the file itself: no other
