@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from foresight import video as video_stage
-from foresight.bench import OpCounter, count_denoising
+from foresight.syncs import OpCounter, count_denoising
 from foresight.config import PRESETS
 from foresight.inputs import video_view
 from foresight.models import prepare_video_pipeline

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.overrides import TorchFunctionMode
 
 from foresight import vlm as vlm_stage
-from foresight.bench import device_syncs
+from foresight.syncs import device_syncs
 from foresight.profiles import load, make_settings
 from foresight.profiles.random_full import QWEN_7B_TEXT, QWEN_7B_VISION, build_vlm
 

@@ -173,7 +173,7 @@ def test_qwen_vision_tower_uses_the_layout_handed_in_instead_of_working_it_out(m
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="device syncs exist only on a GPU")
 def test_qwen_vision_tower_waits_for_the_gpu_once_not_at_every_layer(models, photo):
-    from foresight.bench import device_syncs
+    from foresight.syncs import device_syncs
 
     if not models.settings.device.startswith("cuda"):
         pytest.skip("the models are on the CPU")

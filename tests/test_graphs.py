@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from foresight import video as video_stage
-from foresight.bench import count_denoising
+from foresight.syncs import count_denoising
 from foresight.config import PRESETS, VideoSampling
 from foresight.graphs import StaticGraphs, graphed_forward
 from foresight.inputs import video_view

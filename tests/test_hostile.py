@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from foresight.inputs import MAX_CLIP_PIXELS, read_clip, InputError
-from foresight.page import PLACES_PER_VISITOR
+from foresight.gpu_queue import PLACES_PER_VISITOR
 
 from test_app import EXAMPLE, free_port, launch_chromium, needs_chromium, open_page, upload, wait_idle
 
@@ -206,7 +206,7 @@ def test_submissions_at_once_get_no_more_places_than_one_after_another(pipe):
     handler says so), or, its event cancelled before it began, until the promise lapses; one after
     another, a visitor is never refused."""
     import app
-    from foresight.page import Places
+    from foresight.gpu_queue import Places
     from foresight.runtime import StopFlag
 
     from test_story_page import Visitor, last
