@@ -8,26 +8,35 @@ import pytest
 import torch
 from PIL import Image
 
-from foresight.bench import METRICS, bench, bench_variants, format_table, parse_variant, run_metrics, variants
+from foresight.bench import (METRICS, bench, bench_variants, format_table, parse_variant, run_metrics, summarize,
+                             variants)
 
 from conftest import run_events
 
 
 def test_bench_measures_the_timeline_through_the_pipeline(pipe, photo, tmp_path):
-    results = bench(pipe, ["fast"], runs=2, modes=[None], image=photo, passes=(1, 2))
+    results = bench(pipe, ["fast"], runs=1, modes=[None], image=photo, passes=(1, 2))  # summaries: below
     fast = results["fast/fused"]
     two = results["fast/fused · two passes"]  # LTX's authors' two passes, beside one
-    assert all(two[key]["n"] == 2 for key in ("ttft", "first_frame", "video_ready")) and "fast/fused · two passes · " \
+    assert all(two[key]["n"] == 1 for key in ("ttft", "first_frame", "video_ready")) and "fast/fused · two passes · " \
         "and then" not in results
     for key in ("ttft", "first_frame", "video_ready", "tok_s_alone", "mp4_write"):
-        assert fast[key]["n"] == 2 and fast[key]["min"] <= fast[key]["median"] <= fast[key]["max"], key
+        assert fast[key]["n"] == 1 and fast[key]["median"] > 0, key
     assert fast["ttft"]["median"] < fast["video_ready"]["median"]
     going_on = results["fast/fused · and then"]  # the next segment of a story the preset made
     for key in ("ttft", "first_frame", "video_ready", "encode_s", "mp4_write"):
-        assert going_on[key]["n"] == 2, key
+        assert going_on[key]["n"] == 1, key
     if not torch.cuda.is_available():
         assert fast["peak_gib"] is None
     json.dumps(results)
+
+
+def test_a_row_is_the_median_and_range_of_its_runs_and_a_missing_measure_is_none():
+    runs = [{"ttft": 0.3, "video_ready": 2.0}, {"ttft": 0.1, "video_ready": None}, {"ttft": 0.2, "video_ready": 1.0}]
+    summary = summarize(runs)
+    assert summary["ttft"] == {"median": 0.2, "min": 0.1, "max": 0.3, "n": 3}
+    assert summary["video_ready"] == {"median": 1.5, "min": 1.0, "max": 2.0, "n": 2}
+    assert summary["first_frame"] is None
 
 
 def test_bench_compares_variants_on_the_same_models(models, photo, tmp_path):
