@@ -86,18 +86,18 @@ def test_predict_continue_goes_on_from_its_own_run_or_from_a_bare_mp4(photo, tmp
     assert code == 2 and "not both" in err
 
 
-def test_bench_prints_the_table_for_each_variant_and_draws_timelines(tmp_path, capsys):
+def test_bench_prints_its_table_saves_it_and_draws_the_timeline(tmp_path, capsys):
     code, out, err = in_process(capsys, "bench", "--profile", "tiny", "--preset", "fast", "--runs", "1", "--decode",
-                                "dynamic", "--previews", "1,2", "--mode", "text", "--json",
+                                "dynamic", "--previews", "2", "--mode", "text", "--json",
                                 str(tmp_path / "bench.json"), "--trace", str(tmp_path / "t"), "--no-and-then",
                                 "--profile-first-token", str(tmp_path / "profile.txt"))
     assert code == 0, err
     rows = [line.split(" | ")[:2] for line in out.splitlines() if line.startswith("| fast/")]
-    one, two = "dynamic · shared · pace 0 · previews 1", "dynamic · shared · pace 0 · previews 2"
-    assert rows == [["| fast/text", one], ["| fast/text", two]]  # both modes, and then: tests/test_bench.py
+    variant = "dynamic · shared · pace 0 · previews 2"
+    assert rows == [["| fast/text", variant]]  # several variants, fused, and then: tests/test_bench.py
     saved = json.loads((tmp_path / "bench.json").read_text())
-    assert saved["profile"] == "tiny" and saved["results"][two]["fast/text"]["ttft"]["n"] == 1
-    assert len(list((tmp_path / "t").glob("fast-*.png"))) == 2 and len(list((tmp_path / "t").glob("fast-*.json"))) == 2
+    assert saved["profile"] == "tiny" and saved["results"][variant]["fast/text"]["ttft"]["n"] == 1
+    assert len(list((tmp_path / "t").glob("fast-*.png"))) == 1 and len(list((tmp_path / "t").glob("fast-*.json"))) == 1
     profile = (tmp_path / "profile.txt").read_text()
     assert profile.startswith("time to the first token") and "stream_reasoning" in profile
 
