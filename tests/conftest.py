@@ -9,6 +9,10 @@ os.environ.setdefault("FORESIGHT_CACHE", os.path.join(tempfile.gettempdir(), "fo
 os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="foresight-test-gradio-")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+# One intra-op thread per test process: the suite runs two processes on two cores (pytest -n 2), each
+# with a run's text and video on threads of their own and an app server beside them; more threads
+# than cores spin against each other (four alternated runs of four files: 9% less time).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # torch.compile's CPU kernels without SIMD: the same path (dynamo, inductor, C++ built by the
 # compiler), built cold in about half the time (the two compile tests: 36 s -> 20 s on 2 cores,
 # 2026-12-07). A GPU builds Triton kernels, never these.
