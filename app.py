@@ -248,7 +248,7 @@ def main(argv=None) -> None:
     storage.keep_swept(Path(gr.utils.get_upload_folder()), CACHE_TTL_S, CACHE_MAX_MB * 2**20,
                        keep=lambda: kept_files(demo), skip=RUNS_DIR)
     with contextlib.redirect_stdout(io.StringIO()):  # Gradio's own lines; `ready_line` says what they would
-        demo.queue(max_size=args.queue_size).launch(
+        demo.queue(max_size=args.queue_size, api_open=False).launch(  # every call through the queue and its share
             server_name=args.host, server_port=args.port, share=args.share,
             max_file_size=f"{MAX_UPLOAD_MB}mb", mcp_server=args.mcp, quiet=True, prevent_thread_lock=True,
             show_error=True, css=CSS, footer_links=["api", "gradio", "settings"], run_history=False)

@@ -53,26 +53,31 @@ class Places:
     event on its queue only after its validator returns, and validators run side by side: two
     submissions at once would both see the same count, and both be let in. An owner's count is its
     runs running, and the larger of its runs waiting and the places promised to runs not yet begun
-    (each counted for `hold_s` at most: an event cancelled before it began is not told here)."""
+    (each counted for `hold_s` at most: an event cancelled before it began is not told here). A run
+    Gradio has started whose handler has not yet begun counts twice for that moment: a refusal at
+    worst, never a place too many."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, hold_s: float = 10.0):
         self.clock, self.hold_s = clock, hold_s
         self._lock, self._promised = threading.Lock(), {}  # owner -> when each place not yet begun was promised
 
-    def take(self, *claims: tuple[str, int, int, int]) -> int | None:
-        """One more place for each claim (owner, its runs running, its runs waiting, its limit), all or
-        none: None if taken, else the index of the first claim already at its limit."""
+    def take(self, claims: list[tuple[str, Callable, int]], queue: Callable[[], tuple[list, list]]) -> str | None:
+        """One more place for each claim (owner, which of the queue's events are its, its limit), all
+        or none: None if taken, else the owner already at its limit. The queue is read (`queue()`:
+        waiting, running) under the same lock as `began`, so a run that begins meanwhile is counted
+        once, as running."""
         with self._lock:
             now = self.clock()
             self._promised = {owner: fresh for owner, times in self._promised.items()
                               if (fresh := [t for t in times if now - t < self.hold_s])}
-            counts = [running + max(waiting, len(self._promised.get(owner, ())))
-                      for owner, running, waiting, _ in claims]
-            full = next((i for i, ((*_, limit), count) in enumerate(zip(claims, counts)) if count >= limit), None)
-            if full is None:
-                for owner, *_ in claims:
-                    self._promised.setdefault(owner, []).append(now)
-            return full
+            waiting, running = queue()
+            for owner, mine, limit in claims:
+                count = sum(map(mine, running)) + max(sum(map(mine, waiting)), len(self._promised.get(owner, ())))
+                if count >= limit:
+                    return owner
+            for owner, _, _ in claims:
+                self._promised.setdefault(owner, []).append(now)
+            return None
 
     def began(self, *owners: str) -> None:
         """A run of each owner has begun: its place now counts as running."""
@@ -82,25 +87,23 @@ class Places:
                     self._promised[owner].pop(0)
 
 
-def refused_a_place(demo, session_hash: str, api: bool, places: Places) -> str | None:
+def refused_a_place(demo, session_hash: str | None, api: bool, places: Places) -> str | None:
     """Why a new run may not join the GPU's queue, in words; None if it may (and its place is taken).
     No visitor (a page, an API client) holds more than PLACES_PER_VISITOR places, waiting or running,
     and the API as a whole (MCP calls included) no more than API_SHARE of the queue, so that pages
-    are still served."""
-    waiting, running = gpu_runs(demo)
-
-    def claim(owner: str, mine: Callable, limit: int) -> tuple[str, int, int, int]:
-        return owner, sum(map(mine, running)), sum(map(mine, waiting)), limit
-
-    claims = [claim(session_hash, lambda ev: ev.session_hash == session_hash, PLACES_PER_VISITOR)]
+    are still served. A call without a session (a bare HTTP client) gets an id of Gradio's for its
+    event only after this check: it is held by the API's share alone."""
+    claims = []
+    if session_hash is not None:
+        claims.append((session_hash, lambda ev: ev.session_hash == session_hash, PLACES_PER_VISITOR))
     api_places = int(demo._queue.max_size * API_SHARE) if demo._queue.max_size else None
     if api and api_places is not None:
-        claims.append(claim(API_PLACES, lambda ev: ev.fn.api_name == "predict", api_places))
-    full = places.take(*claims)
-    if full == 0:
-        return (f"You already have {PLACES_PER_VISITOR} runs on their way; this GPU is shared, so a new one can "
-                "start once one of them has finished.")
-    if full == 1:
+        claims.append((API_PLACES, lambda ev: ev.fn.api_name == "predict", api_places))
+    full = places.take(claims, lambda: gpu_runs(demo))
+    if full == API_PLACES:
         return (f"The API's share of this GPU's queue ({api_places} places) is taken; visitors of the page keep "
                 "the rest. Please try again in a minute.")
+    if full is not None:
+        return (f"You already have {PLACES_PER_VISITOR} runs on their way; this GPU is shared, so a new one can "
+                "start once one of them has finished.")
     return None

@@ -181,6 +181,16 @@ def test_bench_times_the_app_as_its_client_sees_it(server):
     assert "| fast |" in format_app_table({"fast": fast})
 
 
+def test_a_run_is_asked_for_through_the_queue_only_where_its_fair_share_is_held(server):
+    """Gradio's direct route (`/run/<api>`) would run a queued event past its validator, the queue's
+    fair share: the app closes it (`api_open=False`)."""
+    import httpx
+
+    answer = httpx.post(f"{server['url']}/gradio_api/run/predict", json={"data": [None, "", "fast", None, False]},
+                        timeout=30)
+    assert answer.status_code == 404 and "join the queue" in answer.text
+
+
 def test_a_bad_image_is_one_clear_error_without_a_traceback_and_the_app_keeps_serving(client, server, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)

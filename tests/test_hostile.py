@@ -212,7 +212,7 @@ def test_submissions_at_once_get_no_more_places_than_one_after_another(pipe):
     from test_story_page import Visitor, last
 
     page, now = app.make_page(pipe, "fast"), [0.0]
-    app.build_demo(page)
+    app.build_demo(page).queue(max_size=4)  # the API's share: 2 places
     page.places, ui = Places(clock=lambda: now[0]), page.ui  # time stands still: no promise lapses
     visitor, gone = Visitor("visitor"), Visitor("gone")
     at_once = [page.admit(visitor, 5, api=True)[0] for _ in range(PLACES_PER_VISITOR + 1)]  # none queued yet
@@ -233,6 +233,12 @@ def test_submissions_at_once_get_no_more_places_than_one_after_another(pipe):
     assert not page.admit(gone, 8)[0]["is_valid"], "promised, not begun: still counted"
     now[0] += page.places.hold_s  # cancelled while on their way: the promises lapse
     assert page.admit(gone, 8)[0]["is_valid"]
+    bare = Visitor(None)  # an HTTP client without a session: Gradio names its event after the check
+    assert all(page.admit(bare, 5, api=True)[0]["is_valid"] for _ in range(2))
+    refused = page.admit(bare, 5, api=True)[0]
+    assert not refused["is_valid"] and "The API's share" in refused["message"], "held by the API's share alone"
+    assert last(page.predict(EXAMPLE, request=Visitor("an event's own id")))[ui.video]
+    assert page.admit(bare, 5, api=True)[0]["is_valid"], "its place came back when its run began"
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
