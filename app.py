@@ -167,9 +167,9 @@ def build_demo(page: Page, about: str = "") -> gr.Blocks:
         timer = gr.Timer(1.0, active=False)
         api_trigger = gr.Button(visible=False)
         api_clip = gr.File(visible=False, file_types=[".mp4"], type="filepath", label="Clip to continue")
-        ui = page.ui = Components(image, question, preset, seed, randomize, generate, stop, status, queue_note,
-                                  reasoning, preview, video, shown, retry, and_then, gallery, control, record, history,
-                                  timer)
+        page.ui = Components(image, question, preset, seed, randomize, generate, stop, status, queue_note,
+                             reasoning, preview, video, shown, retry, and_then, gallery, control, record, history,
+                             timer)
 
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
         private = dict(api_visibility="private", show_progress="hidden")  # the status line says it in words

@@ -11,7 +11,6 @@ playlist is read in a child process under a limit of 20,000 open files, as a ser
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import struct
 import subprocess
