@@ -42,6 +42,11 @@ def on_gpu(fn):
     return spaces.GPU(fn, duration=ZERO_GPU_DURATION_S)
 
 
+def chosen_seed(seed, randomize: bool) -> int:
+    """The seed a page's run uses: a new one, or the one in the Options."""
+    return random.randrange(2**31) if randomize else int(seed or 0)
+
+
 def end_stream(events, stop: StopFlag, record: RunRecord) -> None:
     """The page is done with a run's stream. Left before the run's end (a closed page, a cancelled
     client), the run is told to stop, in whichever process it runs (on ZeroGPU, `spaces` tells its
@@ -169,7 +174,7 @@ class Page:
         """One run for the page: text, preview then video in one place, status in words; `sharper`:
         LTX's second pass."""
         self.places.began(request.session_hash)
-        stop, seed = control or StopFlag(), random.randrange(2**31) if randomize else int(seed or 0)
+        stop, seed = control or StopFlag(), chosen_seed(seed, randomize)
         record = RunRecord(name=storage.video_name(image, seed), question=question or "", preset=preset, seed=seed,
                            passes=2 if sharper else 1)
         events = self.stream(self.session(request.session_hash), record, stop, image=image, mode=mode)
@@ -187,7 +192,7 @@ class Page:
         the page shows the story as it was, which is still kept; a segment whose video failed keeps
         its text, and Retry video renders it, as a first run's does."""
         self.places.began(request.session_hash)
-        stop, previous, seed = control or StopFlag(), record, random.randrange(2**31) if randomize else int(seed or 0)
+        stop, previous, seed = control or StopFlag(), record, chosen_seed(seed, randomize)
         new = RunRecord(question=question or "", preset=None, seed=seed, passes=2 if sharper else 1)
         session, shown = self.session(request.session_hash), None
         events = self.stream(session, new, stop, mode=mode, previous=previous)

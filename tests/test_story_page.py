@@ -116,6 +116,16 @@ def last(updates):
     return list(updates)[-1]
 
 
+def test_a_run_uses_the_seed_in_the_options_unless_randomize_is_ticked(pipe):
+    page, visitor = handlers(pipe), Visitor()
+    record = last(page.generate(EXAMPLE, "", "fast", False, "auto", 1234, False, StopFlag(), visitor))[page.ui.record]
+    assert record.seed == 1234 and record.video
+    ticked = [last(page.generate(EXAMPLE, "", "fast", False, "auto", 1234, True, StopFlag(), visitor))
+              for _ in range(2)]
+    seeds = {shown[page.ui.record].seed for shown in ticked}
+    assert 1234 not in seeds and len(seeds) == 2, "ticked: a new seed each run"
+
+
 def test_a_story_through_the_pages_handlers_retry_and_the_limit(models, pipe, tmp_path):
     """The page's handlers called as Gradio calls them: a segment whose video fails keeps its text
     and Retry video renders it from the story before it; the story goes on to its limit, where a
